@@ -1,0 +1,1 @@
+"""CLI verbs for this group (to be filled in by its issue)."""

@@ -1,0 +1,68 @@
+"""The shared driver behind `medfuse import ...`: progress, atomic writes, index, summary."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+from tqdm import tqdm
+
+from medfuse.errors import InputError
+from medfuse.io.base import ImportReport
+from medfuse.record.case import PatientCase
+from medfuse.record.store import CASE_FILE, write_case, write_index
+
+
+def run_import(cases: Iterable[PatientCase], out: Path, report: ImportReport, total: int | None = None,
+               overwrite: bool = False, quiet: bool = False) -> ImportReport:
+    """Write every case from `cases` into `out/<case_id>/`, then rebuild the cohort index.
+
+    A case folder is written atomically; an `InputError` raised by the importer stops the
+    run (cases written before it stay complete and indexed) and propagates to the CLI.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(out, "output exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    seen: set[str] = set()
+    bar = tqdm(total=total, unit="case", desc=f"import {report.source}", disable=quiet or None, file=sys.stderr)
+    try:
+        for case in cases:
+            if case.case_id in seen:
+                report.skip("duplicate case id in this import")
+                continue
+            seen.add(case.case_id)
+            target = out / case.case_id
+            if target.exists() and not overwrite and (target / CASE_FILE).exists():
+                report.skip("case already in the cohort (use --overwrite)")
+                continue
+            write_case(case, target)
+            report.cases_written += 1
+            if case.labels:
+                for name in case.labels.disease_names():
+                    report.per_disease[name] += 1
+            bar.update(1)
+    finally:
+        bar.close()
+        if any(out.iterdir()):
+            write_index(out)
+    return report
+
+
+def print_summary(report: ImportReport, as_json: bool = False) -> None:
+    if as_json:
+        print(json.dumps(report.as_dict(), ensure_ascii=False))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"[bold]{report.source}[/bold]: {report.cases_written} case(s) written")
+    for title, counter in (("skipped", report.skipped), ("kept with a note", report.notes), ("cases per disease", report.per_disease)):
+        if counter:
+            t = Table(title=title, title_justify="left", show_header=False, box=None, pad_edge=False)
+            for k, v in sorted(counter.items(), key=lambda kv: (-kv[1], kv[0])):
+                t.add_row(f"  {k}", str(v))
+            console.print(t)

@@ -1,0 +1,76 @@
+"""What every importer shares: a report of what was written and skipped, and the
+`run_import` driver (progress bar, atomic case writes, cohort index, summary).
+
+An importer is a generator `(source, report, **options) -> Iterator[PatientCase]`. It
+raises `medfuse.errors.InputError` for a file it cannot read at all, and calls
+`report.skip(reason)` for an odd item inside a valid file (a text lab value, an
+unknown unit, a duplicated result), so nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medfuse.record.case import PatientCase
+
+
+@dataclass
+class ImportReport:
+    source: str
+    cases_written: int = 0
+    skipped: Counter = field(default_factory=Counter)  # reason -> count
+    notes: Counter = field(default_factory=Counter)  # reason -> count: kept but changed (unit converted, ...)
+    per_disease: Counter = field(default_factory=Counter)
+
+    def skip(self, reason: str, n: int = 1) -> None:
+        """Record an item dropped from the output, with a short reason (no patient data)."""
+        self.skipped[reason] += n
+
+    def note(self, reason: str, n: int = 1) -> None:
+        """Record an item kept but changed or marked (converted unit, censored value)."""
+        self.notes[reason] += n
+
+    def as_dict(self) -> dict:
+        return {
+            "source": self.source,
+            "cases_written": self.cases_written,
+            "skipped": dict(sorted(self.skipped.items())),
+            "notes": dict(sorted(self.notes.items())),
+            "per_disease": dict(sorted(self.per_disease.items())),
+        }
+
+
+def expand_paths(sources: Iterable[str | Path], patterns: tuple[str, ...] = ("*",)) -> list[Path]:
+    """Files named by `sources`: files as given, folders searched recursively for `patterns`,
+    and glob patterns expanded. Sorted and de-duplicated."""
+    out: list[Path] = []
+    for s in sources:
+        p = Path(s)
+        if any(ch in str(s) for ch in "*?["):
+            out.extend(x for x in Path().glob(str(s)) if x.is_file())
+        elif p.is_dir():
+            for pat in patterns:
+                out.extend(x for x in p.rglob(pat) if x.is_file() and not any(part.startswith(".") for part in x.relative_to(p).parts))
+        else:
+            out.append(p)
+    seen: set[Path] = set()
+    uniq = []
+    for p in sorted(out):
+        if p not in seen:
+            seen.add(p)
+            uniq.append(p)
+    return uniq
+
+
+def safe_case_id(text: str) -> str:
+    """A case id made of [A-Za-z0-9._-] from any string (file stems, record names)."""
+    import re
+
+    s = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._-")
+    return s or "case"
+
+
+CaseStream = Iterator[PatientCase]

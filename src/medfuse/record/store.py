@@ -1,0 +1,254 @@
+"""Case folders and cohorts on disk.
+
+A case folder holds `case.json` (everything but bulk signals) and the bulk files in
+standard formats: `ecg.hea`/`ecg.dat` (WFDB) and `cxr_<i>.png`. Writes go to a
+temporary sibling folder that is renamed into place, so a failed write never leaves a
+half-written case. A cohort is a folder of case folders plus `index.parquet`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from medfuse.errors import InputError
+from medfuse.record.case import ECG, PatientCase
+
+CASE_FILE = "case.json"
+INDEX_FILE = "index.parquet"
+ECG_RECORD = "ecg"
+
+
+# ---------------------------------------------------------------- single case
+
+def write_case(case: PatientCase, folder: str | Path, overwrite: bool = True) -> Path:
+    """Write `case` to `folder` atomically (temporary folder, then rename)."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    if folder.exists() and not overwrite:
+        raise FileExistsError(folder)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        _write_case_files(case, tmp)
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+            folder.rename(old)
+            tmp.rename(folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def _write_case_files(case: PatientCase, folder: Path) -> None:
+    case = case.model_copy(deep=False)
+    images = []
+    for i, img in enumerate(case.cxr):
+        img = img.model_copy()
+        if img.pixels is not None:
+            name = f"cxr_{i}.png"
+            Image.fromarray(img.pixels).save(folder / name, optimize=False)
+            img.file = name
+        images.append(img)
+    case.cxr = images
+    if case.ecg is not None and case.ecg.signal is not None:
+        case.ecg = case.ecg.model_copy()
+        write_wfdb(case.ecg, folder, ECG_RECORD)
+        case.ecg.file = ECG_RECORD
+    text = case.model_dump_json(indent=1, exclude_none=False)
+    (folder / CASE_FILE).write_text(text + "\n", encoding="utf-8")
+
+
+def write_wfdb(ecg: ECG, folder: Path, record: str) -> None:
+    """Write an ECG as a WFDB record on its `adc_gain` grid (exact for on-grid signals)."""
+    import wfdb
+
+    sig = np.asarray(ecg.signal, dtype=np.float64)
+    if not np.all(np.isfinite(sig)):
+        # WFDB reserves the lowest digital value for missing samples.
+        pass
+    digital = np.round(np.nan_to_num(sig, nan=0.0) * ecg.adc_gain)
+    peak = np.max(np.abs(digital)) if digital.size else 0
+    fmt, dtype, nan_code = ("16", np.int16, -32768) if peak < 32767 else ("32", np.int32, -(2**31))
+    d = digital.astype(dtype)
+    d[~np.isfinite(sig)] = nan_code
+    n_leads = sig.shape[1]
+    wfdb.wrsamp(
+        record,
+        fs=float(ecg.fs),
+        units=["mV"] * n_leads,
+        sig_name=list(ecg.leads),
+        d_signal=d,
+        fmt=[fmt] * n_leads,
+        adc_gain=[float(ecg.adc_gain)] * n_leads,
+        baseline=[0] * n_leads,
+        write_dir=str(folder),
+    )
+
+
+def read_wfdb_signal(folder: Path, record: str) -> tuple[np.ndarray, float, list[str]]:
+    import wfdb
+
+    rec = wfdb.rdrecord(str(folder / record), physical=False)
+    d = rec.d_signal.astype(np.float64)
+    gains = np.asarray(rec.adc_gain, dtype=np.float64)
+    base = np.asarray(rec.baseline, dtype=np.float64)
+    sig = (d - base) / gains
+    nan_code = -32768 if rec.fmt[0] == "16" else -(2**31)
+    sig[rec.d_signal == nan_code] = np.nan
+    return sig, float(rec.fs), list(rec.sig_name)
+
+
+def read_case(folder: str | Path, load_bulk: bool = True) -> PatientCase:
+    """Read a case folder written by `write_case`."""
+    folder = Path(folder)
+    path = folder / CASE_FILE
+    if not path.is_file():
+        raise InputError(folder, f"not a case folder (no {CASE_FILE})")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(path, f"invalid JSON ({type(e).__name__} at line {getattr(e, 'lineno', '?')})") from None
+    try:
+        case = PatientCase.model_validate(data)
+    except Exception as e:  # pydantic.ValidationError: keep the first problem only, no values
+        raise InputError(path, f"not a valid case: {_first_validation_problem(e)}") from None
+    if not load_bulk:
+        return case
+    for img in case.cxr:
+        if img.file:
+            try:
+                with Image.open(folder / img.file) as im:
+                    arr = np.array(im)
+            except (OSError, ValueError) as e:
+                raise InputError(folder / img.file, f"cannot read image ({e.__class__.__name__})") from None
+            if arr.dtype == np.int32 or arr.dtype == np.int64:  # 16-bit PNGs can come back as I mode
+                arr = arr.astype(np.uint16)
+            findings = img.findings
+            img.pixels = arr
+            img.findings = findings
+            img.height, img.width = arr.shape[:2]
+    if case.ecg is not None and case.ecg.file:
+        try:
+            sig, fs, leads = read_wfdb_signal(folder, case.ecg.file)
+        except (OSError, ValueError) as e:
+            raise InputError(folder / f"{case.ecg.file}.hea", f"cannot read ECG record ({e.__class__.__name__})") from None
+        case.ecg.signal = sig
+        case.ecg.n_samples = sig.shape[0]
+        if leads != case.ecg.leads:
+            raise InputError(folder / f"{case.ecg.file}.hea", "lead names differ from case.json")
+    return case
+
+
+def _first_validation_problem(e: Exception) -> str:
+    errors = getattr(e, "errors", None)
+    if callable(errors):
+        errs = errors()
+        if errs:
+            loc = ".".join(str(p) for p in errs[0].get("loc", ()))
+            return f"{loc}: {errs[0].get('msg', 'invalid')}"
+    return e.__class__.__name__
+
+
+# ---------------------------------------------------------------- cohorts
+
+def case_summary_row(case: PatientCase, folder_name: str) -> dict:
+    """One row of the cohort index: what a user filters on."""
+    labels = case.labels
+    return {
+        "case_id": case.case_id,
+        "patient_id": case.group_id,
+        "folder": folder_name,
+        "age": case.demographics.age,
+        "sex": case.demographics.sex,
+        "has_cxr": bool(case.cxr),
+        "has_ecg": case.ecg is not None,
+        "n_labs": len(case.labs),
+        "has_vitals": bool(case.vitals),
+        "has_notes": bool(case.notes),
+        "has_genomics": bool(case.genomics),
+        "diagnoses": ";".join(labels.disease_names()) if labels else "",
+        "n_findings": len(labels.findings) if labels else 0,
+        "source": case.provenance.get("importer", ""),
+    }
+
+
+INDEX_COLUMNS = list(case_summary_row(PatientCase(case_id="x"), "x").keys())
+
+
+def write_index(cohort_dir: str | Path, rows: Iterable[dict] | None = None) -> pd.DataFrame:
+    """(Re)build the cohort index. Without `rows`, scans every case folder's case.json."""
+    cohort_dir = Path(cohort_dir)
+    if rows is None:
+        rows = [case_summary_row(read_case(f, load_bulk=False), f.name) for f in iter_case_folders(cohort_dir)]
+    df = pd.DataFrame(list(rows), columns=INDEX_COLUMNS).sort_values("case_id", kind="stable").reset_index(drop=True)
+    tmp = cohort_dir / f".{INDEX_FILE}.tmp"
+    df.to_parquet(tmp, index=False)
+    tmp.replace(cohort_dir / INDEX_FILE)
+    return df
+
+
+def read_index(cohort_dir: str | Path) -> pd.DataFrame:
+    cohort_dir = Path(cohort_dir)
+    path = cohort_dir / INDEX_FILE
+    if not path.is_file():
+        if not cohort_dir.is_dir():
+            raise InputError(cohort_dir, "no such cohort folder")
+        return write_index(cohort_dir)
+    return pd.read_parquet(path)
+
+
+def iter_case_folders(cohort_dir: str | Path) -> Iterator[Path]:
+    cohort_dir = Path(cohort_dir)
+    for p in sorted(cohort_dir.iterdir()):
+        if p.is_dir() and not p.name.startswith(".") and (p / CASE_FILE).is_file():
+            yield p
+
+
+def iter_cohort(cohort_dir: str | Path, load_bulk: bool = True, split: str | None = None) -> Iterator[PatientCase]:
+    """Cases of a cohort in case-id order, optionally one split only."""
+    cohort_dir = Path(cohort_dir)
+    if split is None:
+        for f in iter_case_folders(cohort_dir):
+            yield read_case(f, load_bulk=load_bulk)
+        return
+    df = patient_split(read_index(cohort_dir))
+    for folder in df.loc[df["split"] == split, "folder"]:
+        yield read_case(cohort_dir / folder, load_bulk=load_bulk)
+
+
+def patient_split(
+    index: pd.DataFrame,
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    seed: int = 0,
+    group_col: str = "patient_id",
+) -> pd.DataFrame:
+    """Add a `split` column (train/val/test) with every patient in exactly one split.
+
+    The assignment hashes (seed, patient id), so it is stable when the cohort grows and
+    identical across machines; it never depends on row order.
+    """
+    if abs(sum(fractions) - 1.0) > 1e-6 or any(f < 0 for f in fractions):
+        raise ValueError(f"split fractions must be >= 0 and sum to 1, got {fractions}")
+    cut1, cut2 = fractions[0], fractions[0] + fractions[1]
+
+    def bucket(pid: object) -> str:
+        h = hashlib.sha256(f"{seed}:{pid}".encode()).digest()
+        u = int.from_bytes(h[:8], "big") / 2**64
+        return "train" if u < cut1 else ("val" if u < cut2 else "test")
+
+    out = index.copy()
+    out["split"] = [bucket(p) for p in out[group_col]]
+    return out
