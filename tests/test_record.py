@@ -1,0 +1,158 @@
+"""The patient case: validation, lossless case-folder round trip, cohort index and splits."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import numpy as np
+import pytest
+
+from medfuse.errors import InputError
+from medfuse.record import (
+    ECG,
+    CXRImage,
+    Demographics,
+    Diagnosis,
+    Finding,
+    LabResult,
+    Labels,
+    Note,
+    PatientCase,
+    Variant,
+    VitalSigns,
+    patient_split,
+    read_case,
+    read_index,
+    write_case,
+    write_index,
+)
+
+LEADS = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
+
+
+def full_case(case_id: str = "case-001", patient_id: str = "p1") -> PatientCase:
+    rng = np.random.default_rng(0)
+    signal = np.round(rng.normal(0, 0.3, size=(5000, 12)) * 1000) / 1000  # on the 1 uV grid
+    return PatientCase(
+        case_id=case_id,
+        patient_id=patient_id,
+        time=dt.datetime(2150, 1, 2, 3, 4, 5),
+        demographics=Demographics(age=67, sex="F"),
+        cxr=[
+            CXRImage(pixels=rng.integers(0, 255, size=(240, 256), dtype=np.uint8), view="PA",
+                     findings=[Finding(label="consolidation", boxes=[[100, 200, 400, 600]])]),
+            CXRImage(pixels=rng.integers(0, 65535, size=(64, 48), dtype=np.uint16), view="LATERAL"),
+        ],
+        ecg=ECG(signal=signal, fs=500, leads=LEADS),
+        labs=[
+            LabResult(name="Creatinine", code="creatinine", loinc="2160-0", value=2.4, unit="mg/dL",
+                      ref_low=0.5, ref_high=1.2, flag="H", time=dt.datetime(2150, 1, 2, 5)),
+            LabResult(name="Troponin T", value=0.01, censored="<", value_text="<0.01", unit="ng/mL"),
+        ],
+        vitals=[VitalSigns(heart_rate=112, sbp=95, dbp=60, temperature=38.6, spo2=91, resp_rate=24)],
+        notes=[Note(text="咳嗽三天，发热。无胸痛。", type="history", lang="zh")],
+        genomics=[Variant(gene="EGFR", hgvs="p.L858R", vaf=0.31)],
+        labels=Labels(
+            diagnoses=[Diagnosis(name="pneumonia", icd10="J18.9"), Diagnosis(name="sepsis", icd10="A41.9")],
+            findings=[Finding(label="consolidation", boxes=[[100, 200, 400, 600]])],
+            report="Right lower lobe consolidation.",
+        ),
+        provenance={"importer": "test"},
+    )
+
+
+def test_round_trip_is_lossless(tmp_path):
+    case = full_case()
+    write_case(case, tmp_path / "a")
+    back = read_case(tmp_path / "a")
+    assert np.array_equal(back.ecg.signal, case.ecg.signal)
+    assert back.ecg.leads == LEADS and back.ecg.fs == 500
+    for a, b in zip(back.cxr, case.cxr):
+        assert a.pixels.dtype == b.pixels.dtype
+        assert np.array_equal(a.pixels, b.pixels)
+    # everything in case.json survives, and a second write/read is byte-identical
+    write_case(back, tmp_path / "b")
+    again = read_case(tmp_path / "b")
+    assert again.model_dump() == back.model_dump()
+    assert (tmp_path / "a" / "case.json").read_bytes() == (tmp_path / "b" / "case.json").read_bytes()
+    assert back.labs[1].censored == "<" and back.notes[0].text.startswith("咳嗽")
+    assert back.labels.disease_names() == ["pneumonia", "sepsis"]
+
+
+def test_ecg_off_grid_is_rounded_to_adc_gain(tmp_path):
+    sig = np.array([[0.12345], [-1.00049]])
+    write_case(PatientCase(case_id="x", ecg=ECG(signal=sig, fs=250, leads=["II"])), tmp_path / "x")
+    back = read_case(tmp_path / "x").ecg.signal
+    assert np.allclose(back, sig, atol=0.5 / 1000)
+
+
+def test_ecg_large_amplitude_uses_32_bit(tmp_path):
+    sig = np.array([[40.0], [-45.5], [0.001]])  # beyond int16 at 1000/mV
+    write_case(PatientCase(case_id="big", ecg=ECG(signal=sig, fs=100, leads=["I"])), tmp_path / "big")
+    assert np.array_equal(read_case(tmp_path / "big").ecg.signal, sig)
+
+
+def test_validation_rejects_bad_parts():
+    with pytest.raises(ValueError):
+        Finding(label="x", boxes=[[10, 10, 5, 20]])
+    with pytest.raises(ValueError):
+        Finding(label="x", boxes=[[0, 0, 1000, 10]])
+    with pytest.raises(ValueError):
+        ECG(signal=np.zeros((10, 2)), fs=500, leads=["I"])
+    with pytest.raises(ValueError):
+        CXRImage(pixels=np.zeros((4, 4, 3), dtype=np.uint8))
+    with pytest.raises(ValueError):
+        PatientCase(case_id="bad id/with slash")
+
+
+def test_modalities_and_first_vitals():
+    case = full_case()
+    assert case.modalities() == ["cxr", "ecg", "labs", "vitals", "notes", "genomics"]
+    assert PatientCase(case_id="empty").modalities() == []
+    c = PatientCase(case_id="v", vitals=[
+        VitalSigns(time=dt.datetime(2150, 1, 1, 12), heart_rate=80, sbp=120),
+        VitalSigns(time=dt.datetime(2150, 1, 1, 8), heart_rate=100),
+    ])
+    v = c.first_vitals()
+    assert v.heart_rate == 100 and v.sbp == 120
+
+
+def test_corrupt_case_json_is_one_clear_error(tmp_path):
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "case.json").write_text("{not json")
+    with pytest.raises(InputError, match="invalid JSON"):
+        read_case(tmp_path / "c")
+    (tmp_path / "c" / "case.json").write_text(json.dumps({"case_id": "c", "demographics": {"age": -3}}))
+    with pytest.raises(InputError, match="demographics.age"):
+        read_case(tmp_path / "c")
+
+
+def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
+    import medfuse.record.store as store
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(store, "write_wfdb", boom)
+    with pytest.raises(RuntimeError):
+        write_case(full_case(), tmp_path / "case-001")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_index_and_patient_level_split(tmp_path):
+    for i in range(30):
+        write_case(PatientCase(case_id=f"c{i:02d}", patient_id=f"p{i // 3}",
+                               labels=Labels(diagnoses=[Diagnosis(name="pneumonia")] if i % 2 else [])),
+                   tmp_path / f"c{i:02d}")
+    df = write_index(tmp_path)
+    assert len(df) == 30 and (tmp_path / "index.parquet").is_file()
+    assert read_index(tmp_path)["diagnoses"].tolist().count("pneumonia") == 15
+    split = patient_split(df, seed=1)
+    # every patient in exactly one split; same seed -> same assignment, regardless of row order
+    assert split.groupby("patient_id")["split"].nunique().max() == 1
+    shuffled = patient_split(df.sample(frac=1, random_state=3), seed=1).sort_values("case_id")
+    assert shuffled["split"].tolist() == split.sort_values("case_id")["split"].tolist()
+    assert set(split["split"]) <= {"train", "val", "test"}
+    with pytest.raises(ValueError):
+        patient_split(df, fractions=(0.5, 0.5, 0.5))
