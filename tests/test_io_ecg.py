@@ -129,6 +129,16 @@ def test_microvolt_header_is_converted_to_millivolts(tmp_path):
     assert np.array_equal(back.ecg.signal, ecg.signal)
 
 
+def test_challenge_style_header_comments_give_demographics_and_codes(tmp_path):
+    # PhysioNet/CinC 2020-2021 headers: '#Age: 74', '#Sex: Male', '#Dx: <SNOMED CT codes>'.
+    wfdb.wrsamp("A0001", fs=500, units=["mV"], sig_name=["I"], d_signal=np.zeros((5, 1), dtype=np.int16),
+                fmt=["16"], adc_gain=[1000.0], baseline=[0], write_dir=str(tmp_path),
+                comments=["Age: 74", "Sex: Male", "Dx: 164889003,59118001", "Rx: Unknown"])
+    (case,) = import_wfdb([tmp_path / "A0001.hea"], ImportReport("wfdb"))
+    assert (case.demographics.age, case.demographics.sex) == (74, "M")
+    assert case.labels.source_codes == ["SNOMED:164889003", "SNOMED:59118001"]
+
+
 def test_record_without_ecg_channels_is_skipped_and_counted(tmp_path):
     wfdb.wrsamp("abp", fs=125, units=["mmHg"], sig_name=["ABP"], d_signal=np.arange(10, dtype=np.int16)[:, None],
                 fmt=["16"], adc_gain=[1.0], baseline=[0], write_dir=str(tmp_path))

@@ -128,7 +128,8 @@ def _dataset(source: str | Path | Any) -> tuple[Any, str]:
     if not path.is_file():
         raise InputError(path, "no such file")
     try:
-        ds = pydicom.dcmread(path)
+        # Waveform Data (5400,1010) precedes Pixel Data (7FE0,0010): image pixels are never needed.
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
     except InvalidDicomError:
         raise InputError(path, "not a DICOM file") from None
     except (OSError, ValueError, EOFError, KeyError, TypeError, AttributeError) as e:
@@ -280,13 +281,19 @@ def import_dicom_ecg(paths: Iterable[str | Path], report: ImportReport, skip_bad
                      files: list[Path] | None = None) -> Iterator[PatientCase]:
     """One `PatientCase` per DICOM ECG file named by `paths` (files or folders).
 
-    Files in a folder that are DICOM but not waveforms are skipped and counted; a file
-    named directly that cannot be read raises `InputError` (or, with `skip_bad`, is
-    skipped and counted).
+    Files in a folder that are not DICOM, or DICOM without a waveform, are skipped and
+    counted; a file that cannot be read as DICOM raises `InputError` (or, with
+    `skip_bad`, is skipped and counted).
     """
     import pydicom
+    from pydicom.misc import is_dicom
 
+    paths = list(paths)
+    named = {Path(p) for p in paths if not Path(p).is_dir()}
     for path in files if files is not None else expand_paths(paths):
+        if path not in named and not is_dicom(path):
+            report.skip("not a DICOM file (in a folder)")  # README, licence, thumbnails beside the data
+            continue
         try:
             ds, _ = _dataset(path)
         except InputError:

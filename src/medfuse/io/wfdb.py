@@ -36,6 +36,9 @@ _BYTES_PER_SAMPLE: dict[str, float] = {
     "212": 1.5, "310": 4 / 3, "311": 4 / 3,
 }
 
+# Every storage format wfdb can read (FLAC-compressed ones included).
+_FORMATS = frozenset(_BYTES_PER_SAMPLE) | {"508", "516", "524"}
+
 # Beat annotation codes (WFDB `ecgcodes`): the symbols that mark a QRS complex.
 _BEAT_SYMBOLS = frozenset("NLRBAaJSVrFejnE/fQ?")
 
@@ -81,7 +84,15 @@ def read_wfdb(record_path: str | Path, load_annotations: bool = True) -> tuple[E
     is_multisegment = getattr(header, "seg_name", None) is not None
     if not header.n_sig:
         raise InputError(hea, "header declares no signals")
+    listed = len(header.file_name or []) if not is_multisegment else header.n_sig
+    if listed != header.n_sig:
+        raise InputError(hea, f"header declares {header.n_sig} signal(s) but describes {listed}")
+    if not header.fs or header.fs <= 0:
+        raise InputError(hea, "header gives no positive sampling frequency")
     if not is_multisegment:
+        unknown = sorted({str(f) for f in header.fmt if str(f) not in _FORMATS})
+        if unknown:
+            raise InputError(hea, f"unsupported WFDB signal format {', '.join(unknown)}")
         _check_data_files(header, hea)
     try:
         rec = wfdb.rdrecord(str(record), physical=False, m2s=True)
@@ -98,6 +109,9 @@ def read_wfdb(record_path: str | Path, load_annotations: bool = True) -> tuple[E
     keep: list[int] = []
     names: list[str] = []
     for i, raw_name in enumerate(rec.sig_name):
+        if not raw_name or not str(raw_name).strip():
+            skipped.append("unnamed channel skipped (no lead name in the header)")
+            continue
         reason = non_ecg_reason(raw_name, _unit(rec, i))
         if reason:
             skipped.append(reason)
@@ -114,14 +128,18 @@ def read_wfdb(record_path: str | Path, load_annotations: bool = True) -> tuple[E
     # Gain in digital units per mV for each kept channel: a header in uV with gain g
     # counts g units per uV, i.e. g * 1000 per mV.
     all_gains_mv = [float(rec.adc_gain[i]) * (units_per_mv(_unit(rec, i)) or 1.0) for i in range(rec.n_sig)]
-    gains_mv = [all_gains_mv[i] for i in keep]
+    # A negative gain (inverted polarity) is still a grid; the stored gain must be positive.
+    gains_mv = [abs(all_gains_mv[i]) for i in keep]
     for i, g in zip(keep, gains_mv):
         if g == 0:  # WFDB: gain 0 means "uncalibrated", the file does not say what a unit is.
             raise InputError(hea, f"signal {rec.sig_name[i]} has ADC gain 0 (uncalibrated); cannot convert to mV")
     # wfdb's own digital-to-analogue conversion (it maps its invalid-sample codes to NaN),
     # with the gains expressed per mV so the result is in mV.
     rec.adc_gain = [g or 1.0 for g in all_gains_mv]
-    signal = np.ascontiguousarray(rec.dac()[:, keep], dtype=np.float64)  # (samples, leads) mV
+    try:
+        signal = np.ascontiguousarray(rec.dac()[:, keep], dtype=np.float64)  # (samples, leads) mV
+    except (ValueError, KeyError, TypeError) as e:
+        raise InputError(hea, f"cannot convert samples to physical units ({e.__class__.__name__})") from None
     n_missing = int(np.isnan(signal).sum())
     if n_missing:
         notes["missing samples kept as NaN"] = n_missing
