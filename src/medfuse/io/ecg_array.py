@@ -137,7 +137,9 @@ def _read_csv(path: Path, leads: list[str] | None, unit: str,
         table = pd.read_csv(path, sep=delimiter, header=None, dtype=str, keep_default_na=False,
                             skip_blank_lines=True, encoding="utf-8-sig", skipinitialspace=True)
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
-        raise InputError(path, f"cannot parse as CSV ({e.__class__.__name__})") from None
+        # pandas' 'Expected 2 fields in line 3, saw 3' names structure only, never content.
+        shape = re.search(r"Expected \d+ fields in line \d+, saw \d+", str(e))
+        raise InputError(path, f"cannot parse as CSV ({shape.group(0) if shape else e.__class__.__name__})") from None
     cells = table.to_numpy(dtype=object)  # (rows, columns) of str
     cells = np.vectorize(lambda c: c.strip().strip("'\""))(cells) if cells.size else cells
 

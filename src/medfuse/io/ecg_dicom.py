@@ -86,6 +86,9 @@ def read_dicom_ecg(source: str | Path | Any, report: ImportReport | None = None)
             continue
         per_mv = units_per_mv(unit)
         assert per_mv is not None  # non_ecg_reason returned None: the unit is a voltage
+        if _scale(ch) == 0.0:
+            _skip(report, f"channel with zero sensitivity skipped ({label})")
+            continue
         keep.append(i)
         leads.append(label)
         mv_columns.append(values[:, i] / per_mv)
@@ -103,7 +106,7 @@ def read_dicom_ecg(source: str | Path | Any, report: ImportReport | None = None)
         adc_gain = grids[0]
         signal = np.round(signal * adc_gain) / adc_gain
     elif report is not None:
-        report.note("waveform channels with different sensitivities, stored at 1 uV")
+        report.note("waveform channels not on one shared ADC grid, stored at 1 uV")
 
     fs = float(group.get("SamplingFrequency") or 0)
     if fs <= 0:
@@ -194,13 +197,18 @@ def _channel_unit(ch) -> str | None:
 
 def _channel_grid(ch, per_mv: float) -> float | None:
     """Raw units per mV of a channel (its ADC gain), or None when a baseline offsets it."""
-    sensitivity = float(ch.get("ChannelSensitivity", 1.0) or 1.0)
-    correction = float(ch.get("ChannelSensitivityCorrectionFactor", 1.0) or 1.0)
     baseline = float(ch.get("ChannelBaseline", 0.0) or 0.0)
     if baseline != 0.0:
         return None
     # value = raw * sensitivity * correction [unit]; per_mv units make 1 mV.
-    return per_mv / (sensitivity * correction)
+    return per_mv / _scale(ch)
+
+
+def _scale(ch) -> float:
+    """Unit value of one raw step, as pydicom applies it (absent elements count as 1)."""
+    sensitivity = ch.get("ChannelSensitivity", 1.0)
+    correction = ch.get("ChannelSensitivityCorrectionFactor", 1.0)
+    return float(1.0 if sensitivity is None else sensitivity) * float(1.0 if correction is None else correction)
 
 
 def _annotations(ds, group_index: int) -> dict[str, Any]:
