@@ -246,6 +246,10 @@ def test_dicom_leads_are_found_by_label_not_position(tmp_path):
 def test_dicom_ecg_case_has_demographics_and_round_trips_exactly(tmp_path):
     (case,) = import_dicom_ecg([DICOM_ECG], ImportReport("dicom-ecg"))
     assert (case.demographics.age, case.demographics.sex) == (42, "F")
+    # Ids are pseudonyms: the file's Patient ID and UIDs never reach the case.
+    ds = pydicom.dcmread(DICOM_ECG, stop_before_pixels=True)
+    assert case.patient_id.startswith("pt-") and case.case_id.startswith("dcm-")
+    assert all(str(v) not in case.model_dump_json() for v in (ds.PatientID, ds.StudyInstanceUID, ds.SOPInstanceUID))
     back = read_case(write_case(case, tmp_path / case.case_id))
     assert np.array_equal(back.ecg.signal, case.ecg.signal)
     assert back.ecg.annotations["intervals_ms"]["QTc"] == 370

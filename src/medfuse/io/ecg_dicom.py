@@ -19,9 +19,9 @@ import numpy as np
 from pydicom.multival import MultiValue
 
 from medfuse.errors import InputError
-from medfuse.io.base import ImportReport, expand_paths, safe_case_id
+from medfuse.io.base import ImportReport, expand_paths
 from medfuse.io.ecg_leads import lead_from_label, non_ecg_reason, standard_order, units_per_mv
-from medfuse.record.case import ECG, Demographics, PatientCase
+from medfuse.record.case import ECG, PatientCase
 
 # SCP-ECG lead codes (DICOM CID 3001 'ECG Leads', scheme SCPECG) for channels whose Code
 # Meaning is missing. The code value is 'MDC/SCP' style '5.6.3-9-<n>'.
@@ -273,18 +273,6 @@ def _skip(report: ImportReport | None, reason: str) -> None:
         report.skip(reason)
 
 
-def dicom_demographics(ds) -> Demographics:
-    """Age ('042Y', '018M') and sex from the DICOM patient module."""
-    age = None
-    text = str(ds.get("PatientAge", "") or "").strip().upper()
-    if m := re.fullmatch(r"(\d{1,3})([DWMY])", text):
-        per_year = {"D": 365.25, "W": 52.1775, "M": 12.0, "Y": 1.0}[m.group(2)]
-        years = int(m.group(1)) / per_year
-        age = years if years <= 130 else None
-    sex = str(ds.get("PatientSex", "") or "").strip().upper()
-    return Demographics(age=age, sex=sex if sex in ("F", "M", "O") else None)
-
-
 def import_dicom_ecg(paths: Iterable[str | Path], report: ImportReport, skip_bad: bool = False,
                      files: list[Path] | None = None) -> Iterator[PatientCase]:
     """One `PatientCase` per DICOM ECG file named by `paths` (files or folders).
@@ -295,6 +283,8 @@ def import_dicom_ecg(paths: Iterable[str | Path], report: ImportReport, skip_bad
     """
     import pydicom
     from pydicom.misc import is_dicom
+
+    from medfuse.io.dicom import dicom_demographics, pseudonym
 
     paths = list(paths)
     named = {Path(p) for p in paths if not Path(p).is_dir()}
@@ -321,16 +311,17 @@ def import_dicom_ecg(paths: Iterable[str | Path], report: ImportReport, skip_bad
             continue
         ecg.source = path.name
         patient = str(ds.get("PatientID", "") or "").strip()
-        time = _acquisition_time(ds)
-        uid = str(ds.get("SOPInstanceUID", "") or "")
+        # Same ids as `medfuse import dicom` (hashes of the study UID and patient ID, never
+        # the raw identifiers), so one study imported either way is one case.
+        study = str(ds.get("StudyInstanceUID", "") or ds.get("SOPInstanceUID", "") or path.stem)
         yield PatientCase(
-            case_id=safe_case_id(path.stem),
-            patient_id=safe_case_id(patient) if patient else None,
-            time=time,
-            demographics=dicom_demographics(ds),
+            case_id=pseudonym(study, "dcm"),
+            patient_id=pseudonym(patient, "pt") if patient else None,
+            time=_acquisition_time(ds),
+            demographics=dicom_demographics(ds, report),
             ecg=ecg,
             provenance={"importer": "dicom-ecg", "source": path.name, "sop_class": str(ds.get("SOPClassUID", "")),
-                        "sop_instance_uid": uid or None, "pydicom": pydicom.__version__},
+                        "pydicom": pydicom.__version__},
         )
 
 
