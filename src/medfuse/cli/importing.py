@@ -25,6 +25,7 @@ def run_import(cases: Iterable[PatientCase], out: Path, report: ImportReport, to
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(out, "output exists and is not a folder")
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     seen: set[str] = set()
     bar = tqdm(total=total, unit="case", desc=f"import {report.source}", disable=quiet or None, file=sys.stderr)
@@ -46,8 +47,10 @@ def run_import(cases: Iterable[PatientCase], out: Path, report: ImportReport, to
             bar.update(1)
     finally:
         bar.close()
-        if any(out.iterdir()):
+        if report.cases_written:
             write_index(out)
+        elif created and not any(out.iterdir()):
+            out.rmdir()  # a failed first import leaves nothing behind
     return report
 
 
