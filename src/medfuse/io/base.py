@@ -50,7 +50,10 @@ def expand_paths(sources: Iterable[str | Path], patterns: tuple[str, ...] = ("*"
     for s in sources:
         p = Path(s)
         if any(ch in str(s) for ch in "*?["):
-            out.extend(x for x in Path().glob(str(s)) if x.is_file())
+            import glob
+
+            # glob.glob, unlike Path().glob, also takes absolute patterns ('/data/**/*.png').
+            out.extend(Path(x) for x in glob.glob(str(s), recursive=True) if Path(x).is_file())
         elif p.is_dir():
             for pat in patterns:
                 out.extend(x for x in p.rglob(pat) if x.is_file() and not any(part.startswith(".") for part in x.relative_to(p).parts))
