@@ -133,6 +133,47 @@ def test_window_is_applied_after_the_rescale_to_hounsfield_units(tmp_path):
     assert inside.any() and np.all((img.pixels[inside] > 0) & (img.pixels[inside] < 65535))
 
 
+def test_voi_lut_sequence_wins_over_the_window(tmp_path):
+    ds = pydicom.dcmread(CT)
+    hu = ds.pixel_array.astype(np.int64) - 1024  # Rescale Intercept -1024
+    # An inverting 12-bit VOI LUT over 0..1023 HU, beside a window it must take precedence over.
+    lut = (4095 - np.arange(1024) * 4).astype("<u2")
+    item = pydicom.Dataset()
+    item.add_new(0x00283002, "US", [1024, 0, 12])  # LUT Descriptor: entries, first input, bits
+    item.add_new(0x00283006, "OW", lut.tobytes())  # LUT Data
+    ds.VOILUTSequence = [item]
+    ds.WindowCenter, ds.WindowWidth = 40, 400
+    ds.save_as(tmp_path / "lut.dcm")
+    pixels = read_dicom_image(tmp_path / "lut.dcm").pixels
+    looked_up = lut[np.clip(hu, 0, 1023)].astype(np.float64)  # inputs outside the LUT clamp to its ends
+    expected = np.rint((looked_up - lut.min()) / (lut.max() - lut.min()) * 65535)
+    assert np.array_equal(pixels, expected.astype(np.uint16))
+
+
+def test_invalid_window_falls_back_to_the_value_range_and_is_counted(tmp_path):
+    report = ImportReport("dicom")
+    img = read_dicom_image(modified_ct(tmp_path, "w0.dcm", WindowCenter=40, WindowWidth=0), report)
+    assert np.array_equal(img.pixels, read_dicom_image(CT).pixels)
+    assert report.notes["invalid VOI LUT / window ignored (full value range shown)"] == 1
+
+
+@pytest.mark.parametrize("syntax", [pydicom.uid.RLELossless, pydicom.uid.JPEG2000Lossless], ids=["rle", "j2k"])
+def test_lossless_compressed_copies_decode_to_the_same_pixels(tmp_path, syntax):
+    ds = pydicom.dcmread(CT)
+    ds.compress(syntax)  # RLE natively, JPEG 2000 through pylibjpeg-openjpeg
+    ds.save_as(tmp_path / "c.dcm")
+    assert np.array_equal(read_dicom_image(tmp_path / "c.dcm").pixels, read_dicom_image(CT).pixels)
+
+
+def test_undecodable_transfer_syntax_is_an_input_error(tmp_path):
+    ds = pydicom.dcmread(CT)
+    ds.compress(pydicom.uid.RLELossless)
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.MPEG2MPML  # video: no image decoder
+    ds.save_as(tmp_path / "video.dcm")
+    with pytest.raises(InputError, match=r"cannot decode DICOM pixel data \(MPEG2"):
+        read_dicom_image(tmp_path / "video.dcm")
+
+
 @pytest.mark.parametrize(
     ("source", "keep"),
     [(s, k) for s in (SIIM, CT) for k in (700, 1500, 0.3, 0.6, 0.95)] + [(CT, -1)],
@@ -254,6 +295,17 @@ def test_nih_pneumonia_label_becomes_a_panel_diagnosis(tmp_path):
     [case] = list(import_images([NIH_PNG], ImportReport("image"), labels_csv=csv))
     assert [f.label for f in case.labels.findings] == ["Pneumonia", "Pleural Thickening"]
     assert case.labels.disease_names() == ["pneumonia"]
+
+
+def test_nih_no_finding_is_a_known_negative_and_unlisted_images_are_counted(tmp_path):
+    shutil.copy(NIH_PNG, tmp_path / "00027426_000.png")  # the CSV's "No Finding" row
+    shutil.copy(NIH_PNG, tmp_path / "unlisted.png")
+    report = ImportReport("image")
+    cases = {c.case_id: c for c in import_images([tmp_path], report, labels_csv=NIH_CSV)}
+    assert cases["00027426_000"].labels is not None and cases["00027426_000"].labels.findings == []
+    assert cases["00027426_000"].demographics.age == 53
+    assert cases["unlisted"].labels is None
+    assert report.notes["image not in the labels CSV"] == 1
 
 
 def test_sixteen_bit_png_stays_sixteen_bit_and_rgb_becomes_gray(tmp_path):
@@ -388,3 +440,11 @@ def test_cli_skip_bad_keeps_good_files_and_counts_the_rest(tmp_path, capsys):
     # importing again without --overwrite keeps the case and says so
     code, out, _ = run_cli(capsys, "import", "dicom", str(folder / "good.dcm"), "--out", str(tmp_path / "c"), "--json")
     assert code == 0 and json.loads(out)["skipped"] == {"case already in the cohort (use --overwrite)": 1}
+
+
+def test_cli_takes_an_absolute_recursive_glob(tmp_path, capsys):
+    pattern = str(TBX.resolve() / "**" / "*.png")
+    code, out, _ = run_cli(capsys, "import", "image", pattern, "--coco", str(TBX_COCO), "--out", str(tmp_path / "c"),
+                           "--json")
+    assert code == 0 and json.loads(out)["cases_written"] == 3
+    assert sorted(read_index(tmp_path / "c")["case_id"]) == ["h0001", "tb0005", "tb0007"]

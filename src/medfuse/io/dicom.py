@@ -43,6 +43,7 @@ from medfuse.record.case import ECG, CXRImage, Demographics, PatientCase
 # unless the caller asks for every modality.
 RADIOGRAPH_MODALITIES: frozenset[str] = frozenset({"CR", "DX", "RG", "DR", "OT", "SC", ""})
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
+_DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage
 # Exceptions pydicom and its decoders raise for damaged or unsupported data. Reading a
 # user's file, any of them means "this file cannot be read", not a bug in medfuse.
 _READ_ERRORS = (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError, IndexError,
@@ -293,6 +294,9 @@ def _apply_voi(values: np.ndarray, ds, name: str | Path, report: ImportReport | 
     has_lut = bool(voi_items) and all(voi_items[0].get(k) is not None for k in ("LUTDescriptor", "LUTData"))
     has_window = ds.get("WindowCenter") not in (None, "") and ds.get("WindowWidth") not in (None, "")
     if has_lut or has_window:
+        if has_lut and values.dtype.kind == "f" and np.array_equal(values, np.round(values)):
+            # A rescale with slope 1 gives whole numbers as floats; a LUT is indexed by integers.
+            values = values.astype(np.int64)
         try:
             out = apply_voi_lut(values, ds, index=0)
             if has_lut:
@@ -352,7 +356,7 @@ def read_dicom_image(source: str | Path | Any, report: ImportReport | None = Non
 class DicomStudy:
     """The files of one study, found by a header-only pass."""
 
-    key: str  # Study Instance UID, or 'file:<path>' for a file without one
+    key: str  # Study Instance UID; for a file without one its SOP Instance UID or file stem
     files: list[tuple[tuple, Path, bool]] = field(default_factory=list)  # (sort key, path, named by the user)
 
     @property
@@ -385,8 +389,9 @@ def find_dicom_studies(paths: Iterable[str | Path], report: ImportReport, skip_b
     """Group the DICOM files named by `paths` (files, folders searched recursively, globs)
     by Study Instance UID, reading headers only.
 
-    Files inside a folder that are not DICOM (no DICM header) are skipped and counted; a
-    named file that cannot be read raises `InputError` (with `skip_bad`: skipped, counted).
+    Files inside a folder that are not DICOM (no DICM header, and not named `.dcm`) and
+    DICOMDIR index files are skipped and counted; any other file that cannot be read
+    raises `InputError` (with `skip_bad`: skipped and counted).
     """
     studies: dict[str, DicomStudy] = {}
     for path, named in _sources(paths):
@@ -400,10 +405,15 @@ def find_dicom_studies(paths: Iterable[str | Path], report: ImportReport, skip_b
                 raise
             report.skip("unreadable DICOM file")
             continue
+        if str(getattr(ds.file_meta, "MediaStorageSOPClassUID", "")) == _DICOMDIR_SOP_CLASS:
+            report.skip("DICOMDIR index file")
+            continue
         uid = str(ds.get("StudyInstanceUID", "") or "").strip()
         if not uid:
+            # One case per file, keyed like `medfuse import dicom-ecg` does, so that both
+            # importers give a file the same case id.
             report.note("DICOM file without a Study Instance UID (one case per file)")
-            uid = f"file:{path.resolve()}"
+            uid = str(ds.get("SOPInstanceUID", "") or "").strip() or path.stem
         order = (_int(ds.get("SeriesNumber")), _int(ds.get("InstanceNumber")), str(path))
         studies.setdefault(uid, DicomStudy(key=uid)).files.append((order, path, named))
     return list(studies.values())
