@@ -13,8 +13,9 @@ public formats:
   `No Finding`; optional patient id, age, sex, view and original pixel spacing):
   findings without boxes, and a panel diagnosis where a label names a panel disease
   (e.g. `Pneumonia`).
-Findings go both on the image (`CXRImage.findings`, where the boxes belong) and on the
-case's `labels.findings` (the ground truth the index counts and tasks read).
+Annotation-file findings are ground truth, so they go to the case's `labels.findings`
+(with `image_index`), never to `CXRImage.findings`, which holds reads supplied *with* the
+input; a model fed the case must not see its own targets.
 """
 
 from __future__ import annotations
@@ -385,7 +386,6 @@ def import_images(paths: Iterable[str | Path], report: ImportReport, coco: str |
                     (orig_w, orig_h), (sx, sy) = row.original_size, row.original_spacing
                     image.pixel_spacing_mm = (sy * orig_h / height, sx * orig_w / width)
 
-        image.findings = [f.model_copy() for f in findings]
         yield PatientCase(
             case_id=safe_case_id(path.stem),
             patient_id=patient_id,

@@ -81,7 +81,11 @@ class CXRImage(_Model):
     bits: int | None = Field(None, description="8 or 16: bit depth of the stored pixels.")
     source: str | None = Field(None, description="Where the image came from (file name, not a full path with identifiers).")
     pixel_spacing_mm: tuple[float, float] | None = None
-    findings: list[Finding] = Field(default_factory=list)
+    findings: list[Finding] = Field(
+        default_factory=list,
+        description="Reads supplied with the input (e.g. a radiologist's marks given to the model). "
+        "Ground-truth findings for training and evaluation belong in `PatientCase.labels.findings`.",
+    )
 
     @model_validator(mode="after")
     def _sync_shape(self) -> CXRImage:
