@@ -298,7 +298,7 @@ def _mapped(entry: LabEntry, name: str, value: float, unit: str | None, low: flo
 
 def _tidy(x: float | None) -> float | None:
     """Round away float noise from a unit factor (5.5 * 18.016 = 99.08800000000001)."""
-    return None if x is None else float(f"{x:.6g}")
+    return None if x is None else float(f"{x:.12g}")
 
 
 def dedupe_labs(results: Iterable[LabResult], report: ImportReport | None = None) -> list[LabResult]:
