@@ -176,7 +176,10 @@ def _score_diagnosis(items, outputs, probabilities, n_resamples):
         y_prob = np.array([[float(p.get(n, 0.0)) for n in names] for p in probabilities])  # (items, labels)
     jac = np.array(jaccard_sets(pred_sets, gold_sets), dtype=float)
     details = multilabel_metrics(y_true, y_pred, y_prob=y_prob, names=names)
-    metrics = {k: float(details[k]) for k in ("jaccard", "micro_f1", "macro_f1", "micro_precision", "micro_recall")}
+    # Jaccard over the full predicted sets (labels outside the columns included), the
+    # quantity MedTVT-R1 reports and rewards.
+    metrics = {"jaccard": float(jac.mean())}
+    metrics.update({k: float(details[k]) for k in ("micro_f1", "macro_f1", "micro_precision", "micro_recall")})
     ci = {"jaccard": _ci(jac, None, len(items), n_resamples)}
     for avg in ("micro", "macro"):
         def stat(ix: np.ndarray, avg: str = avg) -> float:
