@@ -34,7 +34,7 @@ import pandas as pd
 from medfuse.errors import ConfigError, InputError
 from medfuse.io.base import ImportReport
 from medfuse.knowledge.labs import LabCatalogue, load_lab_catalogue
-from medfuse.knowledge.panel import Disease, Panel, load_panel
+from medfuse.knowledge.panel import Disease, Panel, load_panel, normalise_icd
 from medfuse.record.case import Demographics, Diagnosis, LabResult, Labels, PatientCase
 
 # Columns each table must have; other columns are ignored (and never read for labevents).
@@ -159,7 +159,7 @@ def import_mimic_iv(
 
     from medfuse.io.labs_common import make_lab_result
 
-    icd_memo: dict[tuple[str, int], Disease | None] = {}
+    icd_memo: dict[tuple[str, int], tuple[Disease, ...]] = {}
     provenance_base = {
         "importer": "mimic_iv",
         "source": "MIMIC-IV hosp",
@@ -193,7 +193,7 @@ def import_mimic_iv(
 def _load_admissions(tables: MimicTables, report: ImportReport, window_hours: float,
                      include_ed_labs: bool) -> pd.DataFrame:
     adm = _read_table(tables, "admissions", dtype={"subject_id": "Int64", "hadm_id": "Int64"})
-    adm["admittime"] = pd.to_datetime(adm["admittime"], errors="coerce")
+    adm["admittime"] = pd.to_datetime(adm["admittime"], errors="coerce", format="ISO8601")
     bad = adm["hadm_id"].isna() | adm["subject_id"].isna() | adm["admittime"].isna()
     if bad.any():
         report.skip("admission without hadm_id, subject_id or a valid admittime", int(bad.sum()))
@@ -204,7 +204,7 @@ def _load_admissions(tables: MimicTables, report: ImportReport, window_hours: fl
         adm = adm[~dup]
     adm["win_start"] = adm["admittime"]
     if include_ed_labs and "edregtime" in adm.columns:
-        ed = pd.to_datetime(adm["edregtime"], errors="coerce")
+        ed = pd.to_datetime(adm["edregtime"], errors="coerce", format="ISO8601")
         adm["win_start"] = ed.where(ed.notna() & (ed < adm["admittime"]), adm["admittime"])
     if len(adm):
         # pandas timestamps end in 2262 and MIMIC's shifted dates reach the 2210s: a very
@@ -285,7 +285,7 @@ def _collect_labs(tables: MimicTables, admissions: pd.DataFrame, report: ImportR
 def _labs_in_windows(chunk: pd.DataFrame, windows: pd.DataFrame, by_hadm: pd.DataFrame,
                      report: ImportReport) -> list[pd.DataFrame]:
     chunk = chunk.copy()
-    chunk["charttime"] = pd.to_datetime(chunk["charttime"], errors="coerce")
+    chunk["charttime"] = pd.to_datetime(chunk["charttime"], errors="coerce", format="ISO8601")
     out: list[pd.DataFrame] = []
 
     # Rows that name their admission: keep those inside its window.
@@ -392,8 +392,23 @@ def _py_time(t) -> dt.datetime | None:
     return None if t is None or pd.isna(t) else pd.Timestamp(t).to_pydatetime()
 
 
+def _panel_diseases(panel: Panel, code: str, version: int) -> tuple[Disease, ...]:
+    """Every panel disease an ICD code belongs to, the best (longest-prefix) match first.
+
+    Combination codes name two diseases: I11.0 / 402.01 'hypertensive heart disease with
+    heart failure' is heart failure by its longest prefix and hypertension by I11 / 402,
+    and the admission has both.
+    """
+    best = panel.match_icd(code, version)
+    if best is None:
+        return ()
+    others = tuple(d for d in panel if d is not best and any(
+        code.startswith(normalise_icd(p)) for p in (d.icd10 if version == 10 else d.icd9)))
+    return (best, *others)
+
+
 def _labels(dx: pd.DataFrame | None, panel: Panel, report: ImportReport,
-            memo: dict[tuple[str, int], Disease | None]) -> Labels | None:
+            memo: dict[tuple[str, int], tuple[Disease, ...]]) -> Labels | None:
     """Panel diagnoses (first code per disease, in MIMIC's priority order) and all codes."""
     if dx is None or not len(dx):
         return None  # no coded diagnoses: unknown, which is not the same as "no disease"
@@ -412,12 +427,12 @@ def _labels(dx: pd.DataFrame | None, panel: Panel, report: ImportReport,
             continue
         codes.append(tagged)
         if (code, version) not in memo:  # a few thousand distinct codes, millions of rows
-            memo[(code, version)] = panel.match_icd(code, version)
-        disease = memo[(code, version)]
-        if disease is not None and disease.key not in matched:
-            matched.add(disease.key)
-            diagnoses.append(Diagnosis(name=disease.name, icd10=code if version == 10 else None,
-                                       icd9=code if version == 9 else None, in_panel=True))
+            memo[(code, version)] = _panel_diseases(panel, code, version)
+        for disease in memo[(code, version)]:
+            if disease.key not in matched:
+                matched.add(disease.key)
+                diagnoses.append(Diagnosis(name=disease.name, icd10=code if version == 10 else None,
+                                           icd9=code if version == 9 else None, in_panel=True))
     return Labels(diagnoses=diagnoses, source_codes=codes)
 
 
