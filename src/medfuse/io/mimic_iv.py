@@ -330,11 +330,14 @@ def _demographics(patient: tuple[str | None, float | None, int | None], admittim
 def _raw_value(row) -> tuple[object, bool]:
     """The result as MIMIC holds it: valuenum when parsed, else the text, else a censored
     bound written at the start of the comment. Returns (value, taken_from_comment)."""
+    text = row.value.strip() if isinstance(row.value, str) else ""
+    if text.startswith(("<", ">")):
+        return text, False  # keep the comparator: '<0.5' is censored, not 0.5
     if row.valuenum is not None and not (isinstance(row.valuenum, float) and math.isnan(row.valuenum)):
         # valuenum is set even where `value` is masked ('___') by de-identification.
         return float(row.valuenum), False
-    if isinstance(row.value, str) and row.value.strip():
-        return row.value.strip(), False
+    if text:
+        return text, False
     comment = getattr(row, "comments", None)
     if isinstance(comment, str):
         m = _COMMENT_CENSORED.match(comment)
