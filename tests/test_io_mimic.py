@@ -319,3 +319,9 @@ def test_rows_without_hadm_id_go_to_the_admission_whose_window_holds_them(tmp_pa
     assert cases["mimic-100"].demographics.age == 62 and cases["mimic-100"].labels.disease_names() == [
         "acute renal failure"]
     assert cases["mimic-200"].labels is None  # no coded diagnoses: unknown, not "healthy"
+
+
+def test_cli_rejects_a_non_positive_window_in_one_line(tmp_path, capsys):
+    code, _, err = _cli(["import", "mimic-iv", str(DEMO), "--out", str(tmp_path / "c"), "--window-hours", "0"], capsys)
+    _assert_one_line_error(code, err, "window_hours")
+    assert not (tmp_path / "c").exists()

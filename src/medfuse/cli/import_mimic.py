@@ -16,12 +16,12 @@ def import_mimic_cmd(
     root: Path = typer.Argument(..., help="MIMIC-IV release folder (holding hosp/) or its hosp/ folder; "
                                           "tables as .csv.gz or .csv."),
     out: Path = typer.Option(..., "--out", "-o", help="Cohort folder to write the cases into."),
-    window_hours: float = typer.Option(24.0, "--window-hours", min=0.001,
+    window_hours: float = typer.Option(24.0, "--window-hours",
                                        help="Keep labs charted up to this many hours after admission."),
     include_ed_labs: bool = typer.Option(False, "--include-ed-labs",
                                          help="Open the lab window at the ED registration time (edregtime) "
                                               "when the admission has one, keeping the labs drawn in the ED."),
-    limit: int | None = typer.Option(None, "--limit", min=1, help="Import only the first N admissions."),
+    limit: int | None = typer.Option(None, "--limit", help="Import only the first N admissions."),
     panel_file: Path | None = typer.Option(None, "--panel", help="Disease panel YAML (default: the built-in "
                                                                  "nine-disease panel)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace cases already in the cohort."),
