@@ -325,3 +325,11 @@ def test_cli_rejects_a_non_positive_window_in_one_line(tmp_path, capsys):
     code, _, err = _cli(["import", "mimic-iv", str(DEMO), "--out", str(tmp_path / "c"), "--window-hours", "0"], capsys)
     _assert_one_line_error(code, err, "window_hours")
     assert not (tmp_path / "c").exists()
+
+
+def test_chunked_labevents_reading_loses_nothing_at_chunk_borders(monkeypatch, demo_import):
+    import medfuse.io.mimic_iv as mimic_iv
+
+    monkeypatch.setattr(mimic_iv, "LAB_CHUNK_ROWS", 7_919)  # ~14 chunks over the demo's 107,727 rows
+    small = list(import_mimic_iv(DEMO, ImportReport("mimic-iv"), limit=25))
+    assert [c.model_dump() for c in small] == [c.model_dump() for c in demo_import[0][:25]]
