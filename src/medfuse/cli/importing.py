@@ -59,6 +59,7 @@ def print_summary(report: ImportReport, as_json: bool = False) -> None:
         print(json.dumps(report.as_dict(), ensure_ascii=False))
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console()
@@ -67,5 +68,6 @@ def print_summary(report: ImportReport, as_json: bool = False) -> None:
         if counter:
             t = Table(title=title, title_justify="left", show_header=False, box=None, pad_edge=False)
             for k, v in sorted(counter.items(), key=lambda kv: (-kv[1], kv[0])):
-                t.add_row(f"  {k}", str(v))
+                # escape: reasons hold UCUM units such as '[degF]' or 'mm[Hg]', which rich reads as markup.
+                t.add_row(f"  {escape(k)}", str(v))
             console.print(t)
