@@ -1,1 +1,40 @@
-"""CLI verbs for this group (to be filled in by its issue)."""
+"""`medfuse import fhir`: FHIR R4 Bundles or NDJSON bulk exports into a cohort."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from medfuse.cli.app import import_app
+from medfuse.cli.importing import print_summary, run_import
+from medfuse.io.base import ImportReport
+
+
+@import_app.command("fhir")
+def import_fhir_cmd(
+    sources: list[Path] = typer.Argument(..., help="FHIR JSON (Bundle or one resource) / NDJSON files (optionally .gz), "
+                                                   "folders (searched recursively) or quoted globs. All files are read "
+                                                   "together, so a bulk export split by resource type links up."),
+    out: Path = typer.Option(..., "--out", "-o", help="Cohort folder to write the cases into."),
+    panel: Path | None = typer.Option(None, "--panel", help="Disease panel YAML for mapping Conditions "
+                                                            "(default: the bundled one)."),
+    catalogue: Path | None = typer.Option(None, "--catalogue", help="Lab catalogue YAML (default: the bundled one)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace cases already in the cohort."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
+) -> None:
+    """Import FHIR R4 resources as one case per Encounter (or per Patient without encounters).
+
+    Patient, Observation (labs and vital signs), Condition, DiagnosticReport,
+    DocumentReference, Media and ImagingStudy are read; attachments that point at local
+    image or ECG files are loaded. Other resource types and unusable items are counted.
+    """
+    from medfuse.io.fhir import import_fhir, read_fhir
+    from medfuse.knowledge.labs import load_lab_catalogue
+    from medfuse.knowledge.panel import load_panel
+
+    report = ImportReport(source="fhir")
+    # Every file is parsed and validated before the first case is written.
+    data = read_fhir(sources, report, panel=load_panel(panel), catalogue=load_lab_catalogue(catalogue))
+    run_import(import_fhir(sources, report, data=data), out, report, total=len(data.cases), overwrite=overwrite)
+    print_summary(report, as_json=as_json)
