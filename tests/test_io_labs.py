@@ -131,6 +131,20 @@ def test_times_with_offsets_become_naive_utc():
     assert r.time == dt.datetime(2024, 1, 2, 1, 4, 5)
 
 
+@pytest.mark.parametrize("text, expected", [
+    ("2024-03-01 08:10", dt.datetime(2024, 3, 1, 8, 10)),
+    ("13/03/2024 08:10", dt.datetime(2024, 3, 13, 8, 10)),  # day first: 13 cannot be a month
+    ("03/13/2024", dt.datetime(2024, 3, 13)),  # month first
+    ("01.03.2024", dt.datetime(2024, 3, 1)),  # dotted dates are day first
+    ("01/03/2024", None),  # 1 March or 3 January: never guessed
+])
+def test_local_date_spellings_are_read_only_when_unambiguous(text, expected):
+    report = ImportReport("t")
+    r = make_lab_result("Sodium", 140, "mmol/L", time=text, report=report)
+    assert r.time == expected
+    assert report.notes.get("unreadable or ambiguous lab time dropped", 0) == (expected is None)
+
+
 def test_dedupe_drops_exact_duplicates_only():
     report = ImportReport("t")
     t = dt.datetime(2024, 1, 1, 8)

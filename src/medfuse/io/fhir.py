@@ -459,10 +459,12 @@ class _Grouper:
         self.patients = {r.key: r for r in pool.resources if r.type == "Patient"}
         self.cases: dict[str, _CaseParts] = {}
         self.encounters_of: dict[str, list[tuple[dt.datetime | None, dt.datetime | None, str]]] = {}
+        self.orphan_encounters: set[str] = set()
         for enc in (r for r in pool.resources if r.type == "Encounter"):
             patient_key = self._patient_key(enc)
             if patient_key is None:
                 report.skip("Encounter without a patient")
+                self.orphan_encounters.add(enc.key)
                 continue
             self._encounter_case(enc.key, patient_key, enc)
             period = getattr(enc.model, "period", None)
@@ -497,6 +499,9 @@ class _Grouper:
         """The case a clinical resource belongs to, or None (reason counted)."""
         patient_key = self._patient_key(item)
         enc_key = self.pool.key_of(_encounter_ref(item), "Encounter")
+        if enc_key in self.orphan_encounters:
+            self.report.skip(f"{item.type} of an Encounter without a patient")
+            return None
         if enc_key is not None:
             if enc_key not in self.cases:
                 self.report.note("Encounter referenced but not in the input")

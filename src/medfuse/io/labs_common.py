@@ -153,12 +153,9 @@ def _to_datetime(time: dt.datetime | dt.date | str | None, report: ImportReport 
         try:
             time = dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
         except ValueError:
-            try:
-                import pandas as pd
-
-                time = pd.Timestamp(s).to_pydatetime()
-            except (ValueError, TypeError, OverflowError):
-                _note(report, "unreadable lab time dropped")
+            time = _parse_local_date(s)
+            if time is None:
+                _note(report, "unreadable or ambiguous lab time dropped")
                 return None
     elif isinstance(time, dt.date) and not isinstance(time, dt.datetime):
         time = dt.datetime(time.year, time.month, time.day)
@@ -168,6 +165,41 @@ def _to_datetime(time: dt.datetime | dt.date | str | None, report: ImportReport 
     if time.tzinfo is not None:
         time = time.astimezone(dt.timezone.utc).replace(tzinfo=None)
     return time
+
+
+# '01/03/2024 08:10', '1.3.2024', '2024/03/01 8:10:00'
+_NUMERIC_DATE = re.compile(r"^(\d{1,4})[/.\-](\d{1,2})[/.\-](\d{1,4})(?:[ T](\d{1,2}):(\d{2})(?::(\d{2}))?)?$")
+
+
+def _parse_local_date(text: str) -> dt.datetime | None:
+    """A date in a common non-ISO spelling, or None when unreadable or ambiguous.
+
+    Year first ('2024/03/01') and dotted dates ('01.03.2024', day first wherever dots are
+    used) are read; a slashed date is read only when a part above 12 shows which is the
+    day, because '01/03/2024' is 1 March in Europe and 3 January in the US.
+    """
+    m = _NUMERIC_DATE.match(text.strip())
+    if not m:
+        return None
+    a, b, c = (int(x) for x in m.group(1, 2, 3))
+    hh, mm, ss = int(m.group(4) or 0), int(m.group(5) or 0), int(m.group(6) or 0)
+    sep = text.strip()[len(m.group(1))]
+    if len(m.group(1)) == 4:
+        year, month, day = a, b, c
+    elif len(m.group(3)) == 4 or len(m.group(3)) == 2:
+        year = c if len(m.group(3)) == 4 else 2000 + c if c < 70 else 1900 + c
+        if sep == "." or a > 12:
+            day, month = a, b
+        elif b > 12:
+            month, day = a, b
+        else:
+            return None  # day/month order unknowable
+    else:
+        return None
+    try:
+        return dt.datetime(year, month, day, hh, mm, ss)
+    except ValueError:
+        return None
 
 
 def _finite(x: Any) -> float | None:
