@@ -85,6 +85,9 @@ def write_wfdb(ecg: ECG, folder: Path, record: str) -> None:
     d = digital.astype(dtype)
     d[~np.isfinite(sig)] = nan_code
     n_leads = sig.shape[1]
+    if fmt == "16" and _fast_header_ok(ecg):
+        _write_fmt16(d, ecg, folder, record)
+        return
     wfdb.wrsamp(
         record,
         fs=float(ecg.fs),
@@ -96,6 +99,27 @@ def write_wfdb(ecg: ECG, folder: Path, record: str) -> None:
         baseline=[0] * n_leads,
         write_dir=str(folder),
     )
+
+
+def _fast_header_ok(ecg: ECG) -> bool:
+    # The fast writer covers the common case; anything unusual goes through wfdb.
+    fs = float(ecg.fs)
+    return fs.is_integer() and 0 < fs < 1e6 and all(n and not any(c.isspace() for c in n) for n in ecg.leads)
+
+
+def _write_fmt16(digital: np.ndarray, ecg: ECG, folder: Path, record: str) -> None:
+    """Write a format-16 WFDB record byte-identical to `wfdb.wrsamp`'s, without its
+    per-field pandas look-ups (which cost ~100 ms per 12-lead record; this costs ~1 ms).
+    `digital` is (samples, leads) int16; a test compares the bytes with wfdb's."""
+    n_samples, n_leads = digital.shape
+    gain = str(float(ecg.adc_gain))
+    init = digital[0] if n_samples else np.zeros(n_leads, dtype=np.int64)
+    checksum = np.sum(digital, axis=0, dtype=np.int64) % 65536
+    lines = [f"{record} {n_leads} {int(ecg.fs)} {n_samples}"]
+    for i, name in enumerate(ecg.leads):
+        lines.append(f"{record}.dat 16 {gain}(0)/mV 16 0 {int(init[i])} {int(checksum[i])} 0 {name}")
+    (folder / f"{record}.hea").write_text("\n".join(lines) + "\n", encoding="ascii")
+    (folder / f"{record}.dat").write_bytes(digital.astype("<i2").tobytes())
 
 
 def read_wfdb_signal(folder: Path, record: str) -> tuple[np.ndarray, float, list[str]]:
