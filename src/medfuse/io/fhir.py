@@ -741,7 +741,6 @@ def _condition(item: FhirResource, parts: _CaseParts, panel: Panel, report: Impo
     if verification & {"refuted", "entered-in-error"}:
         report.skip("Condition refuted or entered in error")
         return
-    parts.has_conditions = True
     disease: Disease | None = None
     icd10 = icd9 = None
     for c in _codings(m.code):
@@ -773,14 +772,16 @@ def _condition(item: FhirResource, parts: _CaseParts, panel: Panel, report: Impo
                     report.note("Condition mapped to the panel by its display text")
                     break
     if disease is not None:
+        parts.has_conditions = True
         if any(d.in_panel and d.name == disease.name for d in parts.diagnoses):
             return  # one entry per panel disease, as the MIMIC-IV importer does
         parts.diagnoses.append(Diagnosis(name=disease.name, icd10=icd10, icd9=icd9, in_panel=True))
         return
     name = _SEMANTIC_TAG.sub("", text) if text else (icd10 or icd9)
     if not name:
-        report.skip("Condition without a code or text")
+        report.skip("Condition without an ICD code or display text")
         return
+    parts.has_conditions = True
     if not any(d.name == name for d in parts.diagnoses):
         parts.diagnoses.append(Diagnosis(name=name, icd10=icd10, icd9=icd9, in_panel=False))
 
@@ -868,17 +869,21 @@ def _is_imaging_report(m: Any) -> bool:
 def _diagnostic_report(item: FhirResource, parts: _CaseParts, pool: _Pool, report: ImportReport) -> None:
     m = item.model
     texts: list[str] = []
+    other_forms = 0
     if getattr(m, "conclusion", None):
         texts.append(m.conclusion.strip())
     for att in getattr(m, "presentedForm", None) or []:
         kind = _attachment_kind(att.contentType, att.url or "")
         if kind not in (None, "text") or (att.contentType and not att.contentType.lower().startswith("text/")):
             report.skip(f"non-text report form ({(att.contentType or 'unknown type').split(';')[0]})")
+            other_forms += 1
             continue
         text = _attachment_text(att, item.path.parent, pool, report)
         if text and text not in texts:
             texts.append(text)
     if not texts:
+        if other_forms:
+            return  # already counted by its form type
         if getattr(m, "result", None):
             report.note("DiagnosticReport without text (its results are Observations)")
         else:
@@ -1018,6 +1023,8 @@ def _age(birth: Any, at: dt.datetime | None) -> float | None:
     if born is None or at is None or at < born:
         return None
     years = at.year - born.year - ((at.month, at.day) < (born.month, born.day))
+    if years > 130:
+        return None  # a placeholder birth date (1800-01-01), not an age
     if years >= 2:
         return float(years)
     return round((at - born).days / 365.2425, 2)  # infants: fractional years
@@ -1056,6 +1063,9 @@ def _load_attachment(path: Path, kind: str, report: ImportReport) -> CXRImage | 
     except InputError as e:
         # Only the problem class is counted: the message could name a patient's file.
         report.skip(f"referenced {kind} file unreadable ({e.problem.split('(')[0].strip()[:60]})")
+        return None
+    except OSError as e:  # permission denied, a folder where a file was expected
+        report.skip(f"referenced {kind} file unreadable ({e.__class__.__name__})")
         return None
 
 
