@@ -405,7 +405,7 @@ class _CaseParts:
     diagnoses: list[Diagnosis] = field(default_factory=list)
     source_codes: list[str] = field(default_factory=list)
     has_conditions: bool = False
-    attachments: list[tuple[Path, str]] = field(default_factory=list)  # (local file, kind)
+    attachments: list[tuple[Path | bytes, str]] = field(default_factory=list)  # (local file or inline data, kind)
     files: set[str] = field(default_factory=set)
 
     def is_empty(self) -> bool:
@@ -927,22 +927,14 @@ def _attachments(item: FhirResource, parts: _CaseParts, pool: _Pool, report: Imp
             report.skip(f"attachment type not imported ({(att.contentType or 'unknown').split(';')[0]})")
             continue
         if getattr(att, "data", None) is not None:
-            parts.attachments.append((_inline_file(att, kind), kind))
+            data = att.data if isinstance(att.data, bytes) else base64.b64decode(att.data)
+            parts.attachments.append((data, kind))
             continue
         path = _local_path(att.url, base)
         if path is None:
             report.skip("remote attachment not fetched" if att.url else f"{item.type} attachment without data or url")
             continue
         parts.attachments.append((path, kind))
-
-
-def _inline_file(att: Any, kind: str) -> Path:
-    """Inline (base64) image or DICOM data written to a temporary file for the readers."""
-    data = att.data if isinstance(att.data, bytes) else base64.b64decode(att.data)
-    suffix = {"image": ".img", "dicom": ".dcm"}.get(kind, ".bin")
-    with tempfile.NamedTemporaryFile(prefix="medfuse-fhir-", suffix=suffix, delete=False) as f:
-        f.write(data)
-    return Path(f.name)
 
 
 def _imaging_study(item: FhirResource, parts: _CaseParts, pool: _Pool, report: ImportReport) -> None:
@@ -1069,6 +1061,20 @@ def _load_attachment(path: Path, kind: str, report: ImportReport) -> CXRImage | 
         return None
 
 
+def _load_inline(data: bytes, kind: str, report: ImportReport) -> CXRImage | ECG | None:
+    """Inline (base64) image or DICOM data, read through a temporary file (the readers take paths)."""
+    if kind == "wfdb":
+        report.skip("inline WFDB data not supported (header and signal are separate files)")
+        return None
+    with tempfile.TemporaryDirectory(prefix="medfuse-fhir-") as tmp:
+        path = Path(tmp) / ("inline.dcm" if kind == "dicom" else "inline.img")
+        path.write_bytes(data)
+        loaded = _load_attachment(path, kind, report)
+    if isinstance(loaded, CXRImage):
+        loaded.source = "inline attachment"
+    return loaded
+
+
 def _build(parts: _CaseParts, data: FhirInput) -> PatientCase:
     report = data.report
     patient = data.patients.get(parts.patient_key) if parts.patient_key else None
@@ -1086,15 +1092,16 @@ def _build(parts: _CaseParts, data: FhirInput) -> PatientCase:
     cxr: list[CXRImage] = []
     ecg: ECG | None = None
     seen_files: set[Path] = set()
-    for path, kind in parts.attachments:
-        resolved = path.resolve()
-        if resolved in seen_files:
-            report.skip("file referenced twice in one case")
-            continue
-        seen_files.add(resolved)
-        loaded = _load_attachment(path, kind, report)
-        if path.name.startswith("medfuse-fhir-") and path.parent == Path(tempfile.gettempdir()):
-            path.unlink(missing_ok=True)  # inline data written for the reader
+    for source, kind in parts.attachments:
+        if isinstance(source, bytes):
+            loaded = _load_inline(source, kind, report)
+        else:
+            resolved = source.resolve()
+            if resolved in seen_files:
+                report.skip("file referenced twice in one case")
+                continue
+            seen_files.add(resolved)
+            loaded = _load_attachment(source, kind, report)
         if isinstance(loaded, CXRImage):
             cxr.append(loaded)
         elif isinstance(loaded, ECG):
