@@ -1,7 +1,8 @@
 """The `medfuse` command: one verb per stage.
 
 User mistakes (`MedfuseError`) are printed as one line on stderr with a non-zero exit
-and no traceback; anything else is a bug and keeps its traceback.
+and no traceback; usage errors are reported by click (exit 2); anything else is a bug and
+keeps its traceback.
 """
 
 from __future__ import annotations
@@ -14,27 +15,16 @@ from medfuse.errors import MedfuseError
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        app(args=argv, prog_name="medfuse", standalone_mode=False)
+        # standalone mode: click prints usage errors itself and exits 2 (no traceback)
+        app(args=argv, prog_name="medfuse", standalone_mode=True)
     except MedfuseError as e:
         print(f"medfuse: error: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("medfuse: interrupted", file=sys.stderr)
-        return 130
-    except SystemExit as e:  # typer.Exit / click exits
-        return int(e.code or 0)
-    except Exception as e:
-        import click
-
-        if isinstance(e, click.exceptions.Exit):
-            return e.exit_code
-        if isinstance(e, click.ClickException):
-            e.show()
-            return e.exit_code
-        if isinstance(e, click.exceptions.Abort):
-            print("medfuse: aborted", file=sys.stderr)
-            return 1
-        raise
+    except SystemExit as e:
+        code = e.code
+        if code is None:
+            return 0
+        return code if isinstance(code, int) else 1
     return 0
 
 
