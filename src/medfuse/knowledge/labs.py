@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from importlib import resources
 from pathlib import Path
 
@@ -152,6 +152,20 @@ class LabCatalogue:
                 return e
         raise KeyError(key)
 
+    # Lookup tables built once per catalogue (cached_property writes the instance __dict__
+    # directly, which a frozen dataclass allows); hashing the catalogue per call was slow.
+    @cached_property
+    def _loinc_table(self) -> dict[str, LabEntry]:
+        return {code: e for e in self.entries for code in e.loinc}
+
+    @cached_property
+    def _name_table(self) -> dict[str, LabEntry]:
+        table: dict[str, LabEntry] = {}
+        for e in self.entries:
+            for t in (e.key, e.name, *e.synonyms, *(x for x in (e.zh,) if x)):
+                table.setdefault(_name_key(t), e)
+        return table
+
     def lookup(self, name: str | None = None, loinc: str | None = None, fluid: str | None = None) -> LabEntry | None:
         """The entry for a LOINC code or a local name; None when unmapped.
 
@@ -160,9 +174,9 @@ class LabCatalogue:
         """
         entry = None
         if loinc:
-            entry = _loinc_table(self).get(loinc.strip())
+            entry = self._loinc_table.get(loinc.strip())
         if entry is None and name:
-            entry = _name_table(self).get(_name_key(name))
+            entry = self._name_table.get(_name_key(name))
         if entry is not None and fluid and entry.fluids:
             f = fluid.strip().lower()
             if not any(f.startswith(x) for x in entry.fluids):
@@ -170,18 +184,6 @@ class LabCatalogue:
         return entry
 
 
-@lru_cache(maxsize=8)
-def _loinc_table(cat: LabCatalogue) -> dict[str, LabEntry]:
-    return {code: e for e in cat.entries for code in e.loinc}
-
-
-@lru_cache(maxsize=8)
-def _name_table(cat: LabCatalogue) -> dict[str, LabEntry]:
-    table: dict[str, LabEntry] = {}
-    for e in cat.entries:
-        for t in (e.key, e.name, *e.synonyms, *(x for x in (e.zh,) if x)):
-            table.setdefault(_name_key(t), e)
-    return table
 
 
 def load_lab_catalogue(path: str | Path | None = None) -> LabCatalogue:

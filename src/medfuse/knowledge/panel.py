@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from importlib import resources
 from pathlib import Path
 
@@ -79,7 +79,15 @@ class Panel:
 
     def lookup(self, term: str) -> Disease | None:
         """The disease a free-text name refers to (key, name, synonym, Chinese), or None."""
-        return _term_table(self).get(normalise_term(term))
+        return self._term_table.get(normalise_term(term))
+
+    @cached_property
+    def _term_table(self) -> dict[str, Disease]:
+        table: dict[str, Disease] = {}
+        for d in self.diseases:
+            for t in (d.key, d.name, *d.synonyms, *(x for x in (d.zh,) if x), *d.zh_synonyms):
+                table.setdefault(normalise_term(t), d)
+        return table
 
     def match_icd(self, code: str, version: int) -> Disease | None:
         """The panel disease an ICD-9 or ICD-10 code belongs to (longest prefix wins)."""
@@ -93,13 +101,6 @@ class Panel:
         return None if best is None else best[1]
 
 
-@lru_cache(maxsize=32)
-def _term_table(panel: Panel) -> dict[str, Disease]:
-    table: dict[str, Disease] = {}
-    for d in panel.diseases:
-        for t in (d.key, d.name, *d.synonyms, *(x for x in (d.zh,) if x), *d.zh_synonyms):
-            table.setdefault(normalise_term(t), d)
-    return table
 
 
 def load_panel(path: str | Path | None = None) -> Panel:
