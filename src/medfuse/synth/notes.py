@@ -2,7 +2,8 @@
 
 A note is assembled from facts, each written with one of several phrasings:
 - presenting symptoms drawn per disease (`SYMPTOMS`), so a disease is often but not
-  always mentioned indirectly;
+  always mentioned indirectly, plus background symptoms anyone may have (a cough from a
+  cold), so no symptom alone names a disease;
 - negated symptoms the patient does not have ("denies fever", "no chest pain", "无胸痛");
 - past history of chronic panel diseases, sometimes by name or abbreviation, sometimes only
   through a drug (metformin, apixaban);
@@ -34,6 +35,9 @@ SYMPTOMS: dict[str, dict[str, float]] = {
 }
 ACUTE_CAD_SYMPTOMS = {"crushing_chest_pain": 0.85, "diaphoresis": 0.4}
 SEPSIS_SOURCE_SYMPTOMS = {"urinary": "dysuria", "abdominal": "abdominal_pain", "skin": "red_leg"}
+# Symptoms anyone may have (a cold, deconditioning): they make every symptom ambiguous.
+BACKGROUND_SYMPTOMS = {"cough": 0.12, "dyspnoea": 0.07, "fever": 0.04, "palpitations": 0.04, "leg_swelling": 0.04,
+                       "headache": 0.06, "exertional_chest_pain": 0.03}
 MINOR_COMPLAINTS = ("back_pain", "fall", "checkup", "medication_review", "rash", "knee_pain")
 
 _EN: dict[str, tuple[str, ...]] = {
@@ -156,6 +160,7 @@ def present_symptoms(rng: np.random.Generator, patient: SynthPatient) -> list[st
     source = patient.traits.get("sepsis_source")
     if source in SEPSIS_SOURCE_SYMPTOMS:
         table.append((SEPSIS_SOURCE_SYMPTOMS[source], 0.7))
+    table.extend(BACKGROUND_SYMPTOMS.items())
     for key, p in table:
         if rng.random() < p and key not in chosen:
             chosen.append(key)
