@@ -17,6 +17,7 @@ score as wrong. It never picks the option most similar to the output.
    ``Option C``, ``C. <option text>``), or the whole output being exactly one option's
    text (ignoring case, spaces and surrounding punctuation).
 
+An output that only repeats the option list ("A. ...\nB. ...") chooses nothing.
 Within a tier, two different letters (``A and B``, ``答案是A或B``, two boxed letters, "the
 answer is A ... the answer is B") make the output ambiguous, and ambiguity abstains. A
 letter inside a word never counts ("Answer: Based on ..." is not B, "I think" is not I),
@@ -373,6 +374,11 @@ def _yes_no_span(span: str) -> str | None:
     return None
 
 
+def _yes_no_stated(text: str) -> str | None:
+    """The answer word after "the answer is" / "答案是" (all occurrences must agree)."""
+    return _combine(_yes_no_word(m.group("word")) for m in _YN_MARKER.finditer(text))
+
+
 def parse_yes_no(text: str | None, allow_maybe: bool = False) -> str | None:
     """``"yes"``, ``"no"`` (or ``"maybe"`` with `allow_maybe`) as the output states it, else None.
 
@@ -395,7 +401,7 @@ def parse_yes_no(text: str | None, allow_maybe: bool = False) -> str | None:
     t = _prepare(text)
     tags = _ANSWER_TAG.findall(t)
     if tags:
-        result = _combine(_yes_no_span(tag) or _combine(_yes_no_word(m.group("word")) for m in _YN_MARKER.finditer(tag)) for tag in tags)
+        result = _combine(_yes_no_span(tag) or _yes_no_stated(tag) for tag in tags)
     else:
         result = None
         boxed = _BOXED.findall(t)
@@ -404,7 +410,7 @@ def parse_yes_no(text: str | None, allow_maybe: bool = False) -> str | None:
         if result is None:
             parts = _THINK_END.split(t)
             body = parts[-1].strip() if len(parts) > 1 and parts[-1].strip() else t
-            result = _combine(_yes_no_word(m.group("word")) for m in _YN_MARKER.finditer(body))
+            result = _yes_no_stated(body)
             if result is None and not is_refusal(body):
                 lines = [ln.strip() for ln in body.splitlines() if ln.strip()]
                 readings = [_yes_no_span(lines[0])] if lines else []
