@@ -43,7 +43,7 @@ from medfuse.synth.cxr import CXRRequest, render_cxr
 from medfuse.synth.diseases import SynthPatient, draw_patient, icd10_code
 from medfuse.synth.genomics import draw_variants
 from medfuse.synth.labs import draw_physiology, report_labs
-from medfuse.synth.notes import history_note, indication_note
+from medfuse.synth.notes import history_note, indication_note, present_symptoms
 from medfuse.synth.report import write_report
 from medfuse.synth.vitals import draw_vitals
 
@@ -298,9 +298,10 @@ def synth_case(seed_or_rng: int | np.random.Generator, index: int, config: Synth
     if has["vitals"]:
         case.vitals = vitals
     if has["notes"]:
-        notes = [history_note(rng["notes"], patient, lang)]
+        symptoms = present_symptoms(rng["notes"], patient)
+        notes = [history_note(rng["notes"], patient, lang, symptoms)]
         if rng["notes"].random() < 0.6:
-            notes.append(indication_note(rng["notes"], patient, lang))
+            notes.append(indication_note(rng["notes"], patient, lang, symptoms))
         case.notes = notes
     if has["genomics"]:
         case.genomics = draw_variants(rng["genomics"], patient)

@@ -187,9 +187,14 @@ def _smoking_text(rng: np.random.Generator, patient: SynthPatient, lang: str) ->
                        f"Active smoker with a {py} pack-year history."))
 
 
-def history_note(rng: np.random.Generator, patient: SynthPatient, lang: str = "en") -> Note:
-    """An admission history: complaint, negatives, past history, drugs, smoking, family history."""
-    symptoms = present_symptoms(rng, patient)
+def history_note(rng: np.random.Generator, patient: SynthPatient, lang: str = "en",
+                 symptoms: list[str] | None = None) -> Note:
+    """An admission history: complaint, negatives, past history, drugs, smoking, family history.
+
+    `symptoms` (from `present_symptoms`) lets the indication note tell the same story.
+    """
+    symptoms = present_symptoms(rng, patient) if symptoms is None else symptoms
+    minor = all(s in MINOR_COMPLAINTS for s in symptoms)
     absent = [s for s in NEGATABLE if s not in symptoms]
     negated = [absent[i] for i in sorted(rng.choice(len(absent), size=min(len(absent), int(rng.integers(1, 4))), replace=False))]
     history = [d for d in HISTORY if d in patient.diseases and rng.random() < HISTORY_MENTION_P]
@@ -202,10 +207,12 @@ def history_note(rng: np.random.Generator, patient: SynthPatient, lang: str = "e
     if lang == "zh":
         sx = _ZH
         complaint = "、".join(_pick(rng, sx[s]) for s in symptoms)
-        parts.append(_pick(rng, (
-            f"患者{'男' if patient.sex == 'M' else '女'}性，{patient.age}岁，因“{complaint}{days}天”入院。",
-            f"{patient.age}岁{'男' if patient.sex == 'M' else '女'}性，主诉{complaint}{days}天。",
-        )))
+        sex_zh = "男" if patient.sex == "M" else "女"
+        if minor:
+            parts.append(f"患者{sex_zh}性，{patient.age}岁，因{complaint}就诊。")
+        else:
+            parts.append(_pick(rng, (f"患者{sex_zh}性，{patient.age}岁，因“{complaint}{days}天”入院。",
+                                     f"{patient.age}岁{sex_zh}性，主诉{complaint}{days}天。")))
         if negated:
             parts.append("，".join(_pick(rng, _NEG_ZH).format(s=_pick(rng, sx[s])) for s in negated) + "。")
         if history:
@@ -224,11 +231,15 @@ def history_note(rng: np.random.Generator, patient: SynthPatient, lang: str = "e
     else:
         sx = _EN
         complaint = _join_en([_pick(rng, sx[s]) for s in symptoms])
-        parts.append(_pick(rng, (
-            f"{patient.age}-year-old {sex_en} presenting with {complaint} for {days} day{'s' if days > 1 else ''}.",
-            f"{patient.age} y/o {'M' if patient.sex == 'M' else 'F'} with {days} day{'s' if days > 1 else ''} of {complaint}.",
-            f"A {patient.age}-year-old {sex_en} was admitted with {complaint}.",
-        )))
+        if minor:
+            parts.append(_pick(rng, (f"{patient.age}-year-old {sex_en} seen for {complaint}.",
+                                     f"A {patient.age}-year-old {sex_en} attending for {complaint}.")))
+        else:
+            parts.append(_pick(rng, (
+                f"{patient.age}-year-old {sex_en} presenting with {complaint} for {days} day{'s' if days > 1 else ''}.",
+                f"{patient.age} y/o {'M' if patient.sex == 'M' else 'F'} with {days} day{'s' if days > 1 else ''} of {complaint}.",
+                f"A {patient.age}-year-old {sex_en} was admitted with {complaint}.",
+            )))
         if negated:
             neg = []
             for s in negated:
@@ -266,9 +277,10 @@ _INDICATION_ZH = {
 }
 
 
-def indication_note(rng: np.random.Generator, patient: SynthPatient, lang: str = "en") -> Note:
+def indication_note(rng: np.random.Generator, patient: SynthPatient, lang: str = "en",
+                    symptoms: list[str] | None = None) -> Note:
     """A short imaging/ECG request, phrased from symptoms (so 'rule out' is not a diagnosis)."""
-    symptoms = present_symptoms(rng, patient)
+    symptoms = present_symptoms(rng, patient) if symptoms is None else symptoms
     lead = symptoms[0]
     if lang == "zh":
         ask = _INDICATION_ZH.get(lead, _pick(rng, ("常规检查", "入院常规", "术前检查")))
