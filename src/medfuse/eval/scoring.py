@@ -215,17 +215,14 @@ def _score_report(items, outputs, n_resamples):
     details = dict(report_metrics(preds, refs, lang=lang))
     names = ["bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider"]
     metrics = {k: float(details[k]) for k in names if isinstance(details.get(k), (int, float))}
-    # Corpus-level n-gram metrics are re-computed on each bootstrap resample; text metrics
-    # are slow, so their intervals use fewer resamples (stated in the summary).
-    report_resamples = max(50, n_resamples // 5)
+    # Intervals reuse per-report statistics (text_generation.report_bootstrap_ci), so BLEU,
+    # ROUGE-L and CIDEr get the full number of resamples; METEOR (a Java round trip per
+    # resample) is reported without an interval.
+    from medfuse.eval.metrics.text_generation import report_bootstrap_ci
 
-    def stat_for(name: str):
-        def stat(ix: np.ndarray) -> float:
-            return float(report_metrics([preds[i] for i in ix], [refs[i] for i in ix], lang=lang)[name])
-
-        return stat
-
-    ci = {k: _ci(None, stat_for(k), len(items), report_resamples) for k in ("bleu_4", "rouge_l")}
+    report_resamples = n_resamples
+    ci = dict(report_bootstrap_ci(preds, refs, lang=lang, names=["bleu_4", "rouge_l", "cider"],
+                                  n_resamples=n_resamples))
     headline = [k for k in ("bleu_1", "bleu_4", "meteor", "rouge_l", "cider") if k in metrics]
     if lang == "en":
         # The clinical-efficacy labeler is an English chest-X-ray vocabulary.
@@ -240,12 +237,11 @@ def _score_report(items, outputs, n_resamples):
             def ce_f1(ix: np.ndarray) -> float:
                 return float(ce_metrics([preds[i] for i in ix], [refs[i] for i in ix])["f1"])
 
-            ci["ce_f1"] = _ci(None, ce_f1, len(items), report_resamples)
+            ci["ce_f1"] = _ci(None, ce_f1, len(items), max(50, n_resamples // 5))
     details["bootstrap_resamples"] = report_resamples
-    per_item = {k: v for k, v in details.items() if isinstance(v, list) and len(v) == len(items)}
+    per_item_all = details.pop("per_item", {}) or {}
+    per_item = {k: v for k, v in per_item_all.items() if isinstance(v, list) and len(v) == len(items)}
     records = [{"parsed": p, "score": {k: v[i] for k, v in per_item.items()}} for i, p in enumerate(preds)]
-    for k in per_item:
-        details.pop(k)
     main = np.array(per_item.get("rouge_l", [0.0] * len(items)), dtype=float)
     return records, metrics, ci, headline, details, main
 
