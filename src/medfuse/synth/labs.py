@@ -34,13 +34,15 @@ from medfuse.synth.diseases import SynthPatient
 # floor / ceil: disease -> bound the value must respect for that disease (diagnostic
 #   criteria the ground truth promises, e.g. HbA1c >= 6.5 % in diabetes).
 # age_per_decade: shift per decade above 50 (natriuretic peptides rise with age).
+# ceil: the assay's upper reporting limit. Log-scale shifts of several diseases combine
+#   sub-additively (`_combine`).
 # decimals: rounding in the canonical unit.
 LAB_MODELS: dict[str, dict[str, Any]] = {
-    "creatinine": {"dist": "log", "median": {"M": 0.95, "F": 0.75}, "sd": 0.16, "decimals": 2,
+    "creatinine": {"dist": "log", "ceil": 15.0, "median": {"M": 0.95, "F": 0.75}, "sd": 0.16, "decimals": 2,
                    "effects": {"acute_renal_failure": (1.1, 0.35), "sepsis": (0.25, 0.2), "heart_failure": (0.2, 0.15),
                                "diabetes_mellitus": (0.1, 0.1), "hypertension": (0.08, 0.08)},
                    "floor": {"acute_renal_failure": 1.5}},
-    "bun": {"dist": "log", "median": 14.0, "sd": 0.28, "decimals": 0,
+    "bun": {"dist": "log", "ceil": 200.0, "median": 14.0, "sd": 0.28, "decimals": 0,
             "effects": {"acute_renal_failure": (1.0, 0.35), "sepsis": (0.35, 0.2), "heart_failure": (0.35, 0.2)}},
     "potassium": {"dist": "normal", "median": 4.2, "sd": 0.35, "decimals": 1,
                   "effects": {"acute_renal_failure": (1.1, 0.55), "diabetes_mellitus": (0.1, 0.1)}},
@@ -50,46 +52,46 @@ LAB_MODELS: dict[str, dict[str, Any]] = {
                  "effects": {"acute_renal_failure": (1.5, 1.5), "sepsis": (-1.0, 2.0)}},
     "bicarbonate": {"dist": "normal", "median": 25.0, "sd": 2.0, "decimals": 0,
                     "effects": {"sepsis": (-5.0, 2.5), "acute_renal_failure": (-4.0, 2.0)}},
-    "glucose": {"dist": "log", "median": 95.0, "sd": 0.12, "decimals": 0,
+    "glucose": {"dist": "log", "ceil": 900.0, "median": 95.0, "sd": 0.12, "decimals": 0,
                 "effects": {"diabetes_mellitus": (0.65, 0.25), "sepsis": (0.2, 0.12)}},
     "hba1c": {"dist": "normal", "median": 5.3, "sd": 0.3, "decimals": 1,
               "effects": {"diabetes_mellitus": (2.4, 1.1)}, "floor": {"diabetes_mellitus": 6.5}},
-    "wbc": {"dist": "log", "median": 7.0, "sd": 0.22, "decimals": 1,
+    "wbc": {"dist": "log", "ceil": 80.0, "median": 7.0, "sd": 0.22, "decimals": 1,
             "effects": {"pneumonia": (0.5, 0.25), "sepsis": (0.6, 0.45), "lung_cancer": (0.1, 0.1)}},
     "hemoglobin": {"dist": "normal", "median": {"M": 14.6, "F": 13.1}, "sd": 1.1, "decimals": 1,
                    "effects": {"acute_renal_failure": (-1.4, 0.8), "lung_cancer": (-1.2, 0.8), "sepsis": (-1.0, 0.8)}},
     "platelets": {"dist": "log", "median": 250.0, "sd": 0.22, "decimals": 0,
                   "effects": {"sepsis": (-0.5, 0.35)}},
-    "troponin_t": {"dist": "log", "median": 0.004, "sd": 0.4, "decimals": 3,
+    "troponin_t": {"dist": "log", "ceil": 25.0, "median": 0.004, "sd": 0.4, "decimals": 3,
                    "effects": {"cad_acute": (3.2, 0.8), "coronary_artery_disease": (0.3, 0.3), "sepsis": (1.3, 0.6),
                                "acute_renal_failure": (1.3, 0.5), "heart_failure": (0.9, 0.5)}},
-    "troponin_i": {"dist": "log", "median": 0.01, "sd": 0.4, "decimals": 2,
+    "troponin_i": {"dist": "log", "ceil": 50.0, "median": 0.01, "sd": 0.4, "decimals": 2,
                    "effects": {"cad_acute": (3.2, 0.8), "coronary_artery_disease": (0.3, 0.3), "sepsis": (1.3, 0.6),
                                "acute_renal_failure": (1.2, 0.5), "heart_failure": (0.9, 0.5)}},
-    "nt_probnp": {"dist": "log", "median": 55.0, "sd": 0.6, "decimals": 0, "age_per_decade": 0.25,
+    "nt_probnp": {"dist": "log", "ceil": 35000.0, "median": 55.0, "sd": 0.6, "decimals": 0, "age_per_decade": 0.25,
                   "effects": {"heart_failure": (2.9, 0.7), "acute_renal_failure": (1.6, 0.6), "atrial_fibrillation": (1.0, 0.4),
                               "sepsis": (1.0, 0.5), "coronary_artery_disease": (0.4, 0.3)}},
-    "bnp": {"dist": "log", "median": 25.0, "sd": 0.6, "decimals": 0, "age_per_decade": 0.2,
+    "bnp": {"dist": "log", "ceil": 5000.0, "median": 25.0, "sd": 0.6, "decimals": 0, "age_per_decade": 0.2,
             "effects": {"heart_failure": (2.6, 0.7), "acute_renal_failure": (1.3, 0.6), "atrial_fibrillation": (0.9, 0.4),
                         "sepsis": (0.8, 0.5), "coronary_artery_disease": (0.3, 0.3)}},
-    "lactate": {"dist": "log", "median": 1.1, "sd": 0.28, "decimals": 1,
+    "lactate": {"dist": "log", "ceil": 20.0, "median": 1.1, "sd": 0.28, "decimals": 1,
                 "effects": {"sepsis": (1.1, 0.4), "heart_failure": (0.1, 0.1)}, "floor": {"sepsis": 2.1}},
-    "crp": {"dist": "log", "median": 2.5, "sd": 0.8, "decimals": 1,
+    "crp": {"dist": "log", "ceil": 350.0, "median": 2.5, "sd": 0.8, "decimals": 1,
             "effects": {"pneumonia": (2.9, 0.6), "sepsis": (3.1, 0.6), "lung_cancer": (1.0, 0.6),
                         "coronary_artery_disease": (0.3, 0.3)}},
-    "procalcitonin": {"dist": "log", "median": 0.05, "sd": 0.5, "decimals": 2,
+    "procalcitonin": {"dist": "log", "ceil": 100.0, "median": 0.05, "sd": 0.5, "decimals": 2,
                       "effects": {"sepsis": (3.2, 0.9), "pneumonia": (1.5, 0.8), "acute_renal_failure": (0.7, 0.4)}},
     "ldl": {"dist": "log", "median": 112.0, "sd": 0.25, "decimals": 0,
             "effects": {"coronary_artery_disease": (0.15, 0.2), "diabetes_mellitus": (0.05, 0.1)}},
     "albumin": {"dist": "normal", "median": 4.1, "sd": 0.33, "decimals": 1,
                 "effects": {"sepsis": (-0.9, 0.35), "lung_cancer": (-0.5, 0.3), "acute_renal_failure": (-0.3, 0.2),
                             "heart_failure": (-0.2, 0.2)}},
-    "bilirubin": {"dist": "log", "median": 0.6, "sd": 0.4, "decimals": 1, "effects": {"sepsis": (0.5, 0.4)}},
-    "alt": {"dist": "log", "median": 22.0, "sd": 0.4, "decimals": 0,
+    "bilirubin": {"dist": "log", "ceil": 30.0, "median": 0.6, "sd": 0.4, "decimals": 1, "effects": {"sepsis": (0.5, 0.4)}},
+    "alt": {"dist": "log", "ceil": 3000.0, "median": 22.0, "sd": 0.4, "decimals": 0,
             "effects": {"sepsis": (0.5, 0.4), "heart_failure": (0.2, 0.2)}},
-    "ast": {"dist": "log", "median": 24.0, "sd": 0.35, "decimals": 0,
+    "ast": {"dist": "log", "ceil": 3000.0, "median": 24.0, "sd": 0.35, "decimals": 0,
             "effects": {"sepsis": (0.5, 0.4), "cad_acute": (0.6, 0.4)}},
-    "inr": {"dist": "log", "median": 1.0, "sd": 0.06, "decimals": 1,
+    "inr": {"dist": "log", "ceil": 8.0, "median": 1.0, "sd": 0.06, "decimals": 1,
             "effects": {"sepsis": (0.2, 0.1), "atrial_fibrillation": (0.45, 0.3)}},
 }
 
@@ -138,11 +140,12 @@ def draw_physiology(rng: np.random.Generator, patient: SynthPatient) -> dict[str
         median = model["median"]
         if isinstance(median, dict):
             median = median[patient.sex]
-        shift = 0.0
+        shifts = []
         for state, (mean, sd) in model.get("effects", {}).items():
             z = rng.standard_normal()  # drawn whether or not the state is present: stable streams
             if state in states:
-                shift += mean + sd * z
+                shifts.append(mean + sd * z)
+        shift = _combine(shifts) if model["dist"] == "log" else sum(shifts)
         shift += model.get("age_per_decade", 0.0) * (patient.age - 50) / 10.0
         noise = model["sd"] * rng.standard_normal()
         if model["dist"] == "log":
@@ -153,8 +156,26 @@ def draw_physiology(rng: np.random.Generator, patient: SynthPatient) -> dict[str
             if state in states and value < bound:
                 # Above the diagnostic bound by a small random margin, not piled on it.
                 value = bound * (1.0 + abs(rng.normal(0.0, 0.05)))
+        ceiling = model.get("ceil")
+        if ceiling is not None and value > ceiling:
+            value = ceiling * (1.0 - abs(rng.normal(0.0, 0.05)))  # assays top out; keep values varied
         values[key] = max(value, 0.0)
     return values
+
+
+def _combine(shifts: list[float]) -> float:
+    """Several causes raise a log-scale test less than the product of their effects: the
+    largest shift counts fully, the others at 40 % (so four diseases do not push NT-proBNP
+    past any assay's range)."""
+    if not shifts:
+        return 0.0
+    up = sorted((x for x in shifts if x > 0), reverse=True)
+    down = sorted(x for x in shifts if x <= 0)
+    total = 0.0
+    for group in (up, down):
+        if group:
+            total += group[0] + 0.4 * sum(group[1:])
+    return total
 
 
 def _round(value: float, decimals: int) -> float:
