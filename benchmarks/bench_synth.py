@@ -25,7 +25,7 @@ RESULTS = Path(__file__).parent / "results" / "synth.json"
 
 
 def _time_parts(config: SynthConfig, n: int = 60) -> dict[str, float]:
-    """Milliseconds per case spent generating (in memory) vs the whole write path."""
+    """Milliseconds per full case spent generating it in memory (no disk writes)."""
     start = time.perf_counter()
     for i in range(n):
         synth_case(0, i, config)

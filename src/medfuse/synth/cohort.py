@@ -571,7 +571,8 @@ def datasheet(summary: dict[str, Any], config: SynthConfig) -> str:
         + "; ".join(f"{k} {p:g}" for k, (p, _) in lab_model.LAB_PANELS.items())
         + f". Each ordered test is missing with probability {config.lab_missing_rate:g}. Values: healthy "
         "distribution (log-normal or normal) plus per-patient shifts per disease (mean, sd; log scale for "
-        "log-normal tests):",
+        "log-normal tests, where several shifts combine sub-additively: the largest plus 40 % of the others; "
+        "values stop at the assay's upper reporting limit):",
         "",
         "| test | healthy | shifts |",
         "|---|---|---|",
