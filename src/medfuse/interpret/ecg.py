@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 import warnings
 from fractions import Fraction
+from functools import lru_cache
 from typing import Literal
 
 import numpy as np
@@ -46,6 +47,12 @@ RHYTHMS: tuple[str, ...] = ("sinus_rhythm", "sinus_tachycardia", "sinus_bradycar
 WORK_FS = 500.0            # Hz: every recording is analysed at this rate
 MIN_DURATION_S = 5.0
 MIN_FS = 100.0
+
+# neurokit2's R-peak detector. Its default places peaks on the R apex (which the
+# median beats rely on); it can mistake tall peaked T waves for beats, which
+# `_drop_t_wave_peaks` undoes. (Kalidas 2017 avoids that but places peaks off the apex
+# and missed beats on MIT-BIH 100.)
+_PEAK_METHOD = "neurokit"
 
 # Leads tried for R peaks, best first (tall, narrow R in most people). MLII/ML* are the
 # Holter/MIT-BIH modified limb leads.
@@ -212,8 +219,11 @@ def _interpret(ecg: ECG, sex: str | None) -> ECGReading:
     sig = _resample(_fill_missing(raw[:, usable]), fs)                # (n, usable) mV at WORK_FS
     lead_names = [names[j] for j in usable]
     mains = _mains_frequency(sig)
-    cleaned = np.stack([nk.ecg_clean(sig[:, k], sampling_rate=int(WORK_FS), powerline=mains)
-                        for k in range(sig.shape[1])], axis=1)        # for peaks + delineation
+    # neurokit2's cleaning feeds R-peak detection and delineation, which only ever use the
+    # first three preferred leads; the other columns stay zero (and are never read).
+    cleaned = np.zeros_like(sig)                                      # (n, usable)
+    for k in _preferred(lead_names, _RHYTHM_LEADS)[:3]:
+        cleaned[:, k] = nk.ecg_clean(sig[:, k], sampling_rate=int(WORK_FS), powerline=mains)
     amp_sig = _amplitude_filter(sig, mains)                           # for amplitudes (no low-pass)
 
     beats = _best_beats(cleaned, lead_names)
@@ -359,14 +369,22 @@ def _mains_frequency(x: np.ndarray) -> int:
 
 def _amplitude_filter(x: np.ndarray, mains: int) -> np.ndarray:
     """Baseline (0.5 Hz zero-phase high-pass, within AHA limits for ST) and a narrow mains
-    notch; no low-pass, so QRS amplitudes stay true (nk's powerline smoothing lowers R)."""
-    import neurokit2 as nk
-    from scipy.signal import filtfilt, iirnotch
+    notch; no low-pass, so QRS amplitudes stay true (nk's powerline smoothing lowers R).
 
-    out = np.stack([nk.signal_filter(x[:, k], sampling_rate=int(WORK_FS), lowcut=0.5, method="butterworth", order=5)
-                    for k in range(x.shape[1])], axis=1)
-    b, a = iirnotch(mains, 30.0, fs=WORK_FS)
-    return filtfilt(b, a, out, axis=0)
+    The high-pass is neurokit2's `signal_filter(lowcut=0.5, method='butterworth',
+    order=5)` filter, designed once and run on all leads together.
+    """
+    from scipy.signal import filtfilt, sosfiltfilt
+
+    highpass, (b, a) = _filters(mains)
+    return filtfilt(b, a, sosfiltfilt(highpass, x, axis=0), axis=0)
+
+
+@lru_cache(maxsize=4)
+def _filters(mains: int):
+    from scipy.signal import butter, iirnotch
+
+    return butter(5, 0.5, btype="highpass", output="sos", fs=WORK_FS), iirnotch(mains, 30.0, fs=WORK_FS)
 
 
 def _windows(x: np.ndarray, centres: np.ndarray, before: int, after: int) -> np.ndarray:
@@ -444,10 +462,10 @@ def _best_beats(cleaned: np.ndarray, names: list[str]) -> tuple[int, np.ndarray,
     best: tuple[float, int, np.ndarray, float, float] | None = None
     for k in order[:3]:
         try:
-            _, info = nk.ecg_peaks(cleaned[:, k], sampling_rate=int(WORK_FS), method="neurokit")
+            _, info = nk.ecg_peaks(cleaned[:, k], sampling_rate=int(WORK_FS), method=_PEAK_METHOD)
         except Exception:  # neurokit2 raises assorted errors on pathological input
             continue
-        rpeaks = np.asarray(info["ECG_R_Peaks"], dtype=np.int64)
+        rpeaks = _drop_t_wave_peaks(cleaned[:, k], np.asarray(info["ECG_R_Peaks"], dtype=np.int64))
         if rpeaks.size < 3:
             continue
         corr, snr = _beat_consistency(cleaned[:, k], rpeaks)
@@ -457,6 +475,29 @@ def _best_beats(cleaned: np.ndarray, names: list[str]) -> tuple[int, np.ndarray,
     if best is None:
         return None
     return best[1], best[2], best[3], best[4]
+
+
+def _drop_t_wave_peaks(x: np.ndarray, rpeaks: np.ndarray) -> np.ndarray:
+    """Remove detections that are T waves.
+
+    A tall, peaked T can reach the detector's threshold. Its detections are slower
+    than the QRS complexes (steepest slope < 0.6 x a typical QRS's, measured 0.4-0.5 on
+    hyperkalaemic T waves), follow a QRS by 150-450 ms, and do so after many beats at
+    a constant delay. The last two conditions spare sporadic ectopic beats, whose
+    coupling interval varies.
+    """
+    if rpeaks.size < 4:
+        return rpeaks
+    grad = np.abs(np.gradient(x))
+    half = int(0.04 * WORK_FS)
+    slopes = np.array([grad[max(p - half, 0): p + half].max() for p in rpeaks])
+    reference = float(np.percentile(slopes, 75))   # a QRS even if half the detections are T
+    gap = np.diff(rpeaks, prepend=rpeaks[0] - int(WORK_FS)) / WORK_FS
+    slow = slopes < 0.6 * reference
+    suspect = slow & (gap >= 0.15) & (gap <= 0.45) & np.concatenate([[False], ~slow[:-1]])
+    if suspect.sum() >= max(2, 0.3 * rpeaks.size) and float(np.std(gap[suspect])) < 0.03:
+        return rpeaks[~suspect]
+    return rpeaks
 
 
 # ---------------------------------------------------------------- 3. P waves
