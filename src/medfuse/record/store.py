@@ -38,6 +38,9 @@ def write_case(case: PatientCase, folder: str | Path, overwrite: bool = True) ->
         raise FileExistsError(folder)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
+        # mkdtemp makes the folder private (0700); a case folder should be as readable as
+        # any folder the user creates, so a shared cohort stays readable by the team.
+        os.chmod(tmp, 0o777 & ~_umask())
         _write_case_files(case, tmp)
         if folder.exists():
             old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
@@ -50,6 +53,12 @@ def write_case(case: PatientCase, folder: str | Path, overwrite: bool = True) ->
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _write_case_files(case: PatientCase, folder: Path) -> None:
