@@ -24,9 +24,9 @@ def summarise_case(case) -> list[str]:
     lines.append(f"  modalities: {', '.join(mods) if mods else 'none'}")
     for i, img in enumerate(case.cxr):
         view = f", view {img.view}" if img.view else ""
-        lines.append(f"  cxr[{i}]: {img.width}x{img.height} px, {img.bits}-bit{view}, {len(img.findings)} finding(s)")
-        for f in img.findings:
-            lines.append(f"    - {f.label} {f.boxes}")
+        lines.append(f"  cxr[{i}]: {img.width}x{img.height} px, {img.bits}-bit{view}")
+        for f in img.findings:  # reads supplied with the input, if any
+            lines.append(f"    read: {f.label} {f.boxes}")
     if case.ecg is not None:
         e = case.ecg
         dur = f"{e.duration_s:.1f} s" if e.duration_s is not None else "?"
@@ -68,7 +68,8 @@ def summarise_case(case) -> list[str]:
         names = case.labels.disease_names()
         lines.append(f"  labels: {', '.join(names) if names else 'no panel disease'}")
         for f in case.labels.findings:
-            lines.append(f"    finding {f.label} {f.boxes}")
+            boxes = f" {f.boxes}" if f.boxes else " (no box)"
+            lines.append(f"    finding: {f.label}{boxes} on cxr[{f.image_index}]")
         if case.labels.report:
             lines.append(f"    report: {' '.join(case.labels.report.split())[:160]}")
     return lines
