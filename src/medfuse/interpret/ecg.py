@@ -95,7 +95,6 @@ _CONTIGUOUS: dict[str, tuple[str, ...]] = {
     "anterior": ("V2", "V3", "V4"),
     "anterolateral": ("V4", "V5", "V6"),
 }
-_LIMB = frozenset({"I", "II", "III", "aVR", "aVL", "aVF"})
 _CHEST = frozenset({"V1", "V2", "V3", "V4", "V5", "V6"})
 # Leads where a negative T or a Q wave is a normal finding.
 _T_NEGATIVE_NORMAL = frozenset({"aVR", "III", "V1"})
