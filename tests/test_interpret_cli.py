@@ -45,7 +45,7 @@ def test_interpret_case_joins_every_modality_with_sources(cohort):
     box = next(e for e in evidence if e.modality == "cxr")
     assert box.item == "cardiomegaly" and box.value == [250, 400, 750, 850] and box.source == "cxr[0]:finding 0"
     gene = next(e for e in evidence if e.modality == "genomics")
-    assert gene.cite() == "EGFR p.L858R (variant present) [genomics[0]]"
+    assert gene.cite() == "EGFR p.L858R (oncogenic driver) [genomics[0]]"
     assert any(e.modality == "labs" and e.abnormal for e in evidence)
 
 

@@ -51,12 +51,18 @@ def cxr_evidence(case: PatientCase) -> list[Evidence]:
 
 
 def genomics_evidence(case: PatientCase) -> list[Evidence]:
-    """One item per reported variant (gene, HGVS, VAF)."""
+    """One item per reported variant (gene, HGVS, VAF) with its significance from the
+    variant knowledge file: only an oncogenic driver counts as abnormal; benign
+    polymorphisms and variants of uncertain significance are reported as such."""
+    from medfuse.knowledge.variants import classify_variant
+
     out: list[Evidence] = []
     for k, v in enumerate(case.genomics):
-        detail = {key: val for key, val in (("vaf", v.vaf), ("consequence", v.consequence)) if val is not None}
-        out.append(Evidence(modality="genomics", item=v.gene, value=v.hgvs, interpretation="variant present",
-                            abnormal=True, source=f"genomics[{k}]", detail=detail))
+        call = classify_variant(v)
+        detail = {key: val for key, val in (("vaf", v.vaf), ("consequence", v.consequence),
+                                              ("supports", call.disease), ("class", call.label)) if val is not None}
+        out.append(Evidence(modality="genomics", item=v.gene, value=v.hgvs, interpretation=call.significance,
+                            abnormal=call.abnormal, source=f"genomics[{k}]", detail=detail))
     return out
 
 
