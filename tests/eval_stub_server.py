@@ -59,14 +59,17 @@ class StubServer:
                 try:
                     time.sleep(stub.delay_s)
                     if over:
-                        self._reply(410, {"error": "too many requests in this test"})
+                        code, payload = 410, {"error": "too many requests in this test"}
                     elif fail:
-                        self._reply(500, {"error": "injected failure"})
+                        code, payload = 500, {"error": "injected failure"}
                     else:
-                        self._reply(200, {"choices": [{"message": {"role": "assistant", "content": stub.answer(text)}}]})
+                        code, payload = 200, {"choices": [{"message": {"role": "assistant", "content": stub.answer(text)}}]}
                 finally:
+                    # Leave the in-flight count before replying: once the client has the
+                    # reply it may start its next request, which must not count double.
                     with stub.lock:
                         stub.in_flight -= 1
+                self._reply(code, payload)
 
         ThreadingHTTPServer.request_queue_size = 128  # socketserver's default listen backlog is 5
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
