@@ -133,6 +133,12 @@ def convert_gguf(gguf_file: Path, target: Path) -> nn.Module:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / _CACHE_MARKER).write_text(json.dumps(_gguf_signature(gguf_file), indent=2) + "\n")
+        # Some writers create 0600 files; a cache shared by a team must be readable (umask decides).
+        umask = os.umask(0)
+        os.umask(umask)
+        for item in tmp.iterdir():
+            item.chmod(0o666 & ~umask)
+        tmp.chmod(0o777 & ~umask)
         if target.exists():
             # A stale or interrupted cache: move it aside first so the rename stays atomic.
             stale = target.parent / f".{target.name}.stale-{uuid.uuid4().hex[:8]}"
@@ -208,16 +214,25 @@ def add_placeholder_tokens(model: nn.Module, tokenizer) -> dict[str, int]:
     """Add the modality placeholder tokens as special tokens, resize the embeddings.
 
     Tokens already in the vocabulary (a folder saved by medfuse) are not added twice. New
-    embedding rows start at the mean of the old ones (transformers' `mean_resizing`); their
-    values rarely matter because `MedfuseLM` replaces every placeholder by fused tokens.
+    embedding rows are the mean of the old ones; their values rarely matter because
+    `MedfuseLM` replaces every placeholder by fused tokens (and never generates one).
     Returns {placeholder: token id}.
     """
     tokenizer.add_tokens(list(PLACEHOLDER_TOKENS), special_tokens=True)
     if tokenizer.pad_token is None:
         # Padding positions are masked out; the EOS token is the conventional filler.
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-        model.resize_token_embeddings(len(tokenizer))
+    old_rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > old_rows:
+        # Deterministic rows (the mean of the old ones) rather than transformers' random
+        # mean_resizing draw, so a backbone re-loaded for a checkpoint has identical logits.
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        with torch.no_grad():
+            table = model.get_input_embeddings().weight  # (V, H)
+            table[old_rows:] = table[:old_rows].mean(0)
+            head = model.get_output_embeddings()
+            if head is not None and head.weight is not table:
+                head.weight[old_rows:] = head.weight[:old_rows].mean(0)
     ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in PLACEHOLDER_TOKENS}
     # A tokenizer that silently split a placeholder would make injection impossible.
     for tok, token_id in ids.items():
@@ -322,6 +337,9 @@ def build_tiny_llm(
         num_key_value_heads=max(1, num_heads // 2),
         max_position_embeddings=2048,
         tie_word_embeddings=True,
+        # Llama's 0.02 init caps a 64-wide model's logits near +-1 (loss stuck at ln V with
+        # a frozen tied head); 0.1 lets LoRA fine-tuning visibly fit a few examples.
+        initializer_range=0.1,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -555,6 +573,8 @@ class MedfuseLM(nn.Module):
         kwargs = {
             "pad_token_id": self.tokenizer.pad_token_id,
             "eos_token_id": self.tokenizer.eos_token_id,
+            # A placeholder is an input slot; emitting one would be meaningless text.
+            "suppress_tokens": list(self.placeholder_ids.values()),
         }
         kwargs.update(generate_kwargs)
         # With only inputs_embeds, decoder-only generate returns just the new tokens.
