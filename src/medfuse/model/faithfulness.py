@@ -58,7 +58,7 @@ KNOWN_GENES = ("EGFR", "KRAS", "ALK", "ROS1", "BRAF", "MET", "RET", "ERBB2", "HE
 VITAL_TERMS: dict[str, tuple[str, ...]] = {
     "heart_rate": ("heart rate", "pulse", "HR", "心率", "脉搏"),
     "blood_pressure": ("blood pressure", "BP", "systolic", "diastolic", "血压"),
-    "temperature": ("temperature", "temp", "体温"),
+    "temperature": ("temperature", "temp", "fever", "febrile", "pyrexia", "体温", "发热"),
     "spo2": ("SpO2", "oxygen saturation", "saturation", "血氧"),
     "resp_rate": ("respiratory rate", "respiration rate", "breathing rate", "呼吸频率", "呼吸"),
 }

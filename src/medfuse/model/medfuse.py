@@ -1,0 +1,420 @@
+"""`MedFuse`: the assembled model and its checkpoint folder.
+
+MedFuse = FusionModel (encoders, perception layer, clues, disease head) + MedfuseLM
+(language model, projector, optional LoRA adapter) + the calibration of the disease head
+(temperatures, thresholds) + the training-split feature statistics + config + panel.
+
+A checkpoint is a folder (written atomically: built under a temporary name, renamed at
+the end, so a crash never leaves a half checkpoint that loads):
+
+    config.yaml            ModelConfig (every field a YAML key)
+    panel.yaml             the disease panel, frozen with the weights (label order!)
+    fusion.safetensors     encoders + perception + clues + head ("fusion.*"),
+                           the LLM projector ("projector.*") and the embedding rows of the
+                           placeholder tokens added to the LLM vocabulary ("llm_added.*")
+    adapter/               peft LoRA adapter of the LLM, when one was added
+    llm/                   the whole LLM, only when it cannot be re-resolved by name
+                           (the tiny test model); otherwise `config.llm` is resolved again
+    stats.json             FeatureStats fitted on the training split
+    calibration.json       per-disease temperatures and decision thresholds
+    metadata.json          the model card: panel, thresholds, inputs, training data,
+                           intended use, limitations, version
+
+`MedFuse.load(path)` rebuilds the exact model: the round-trip test checks identical
+disease logits and generated text.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from medfuse.errors import InputError, MedfuseError
+from medfuse.knowledge.panel import Panel, load_panel
+from medfuse.model.config import ModelConfig
+from medfuse.record.case import MODALITIES, PatientCase
+
+__all__ = ["CHECKPOINT_FILES", "FusedBatch", "MedFuse", "panel_to_yaml"]
+
+FORMAT_VERSION = 1
+CHECKPOINT_FILES = ("config.yaml", "panel.yaml", "fusion.safetensors", "stats.json", "calibration.json", "metadata.json")
+
+INTENDED_USE = (
+    "Research on multimodal medical reasoning: producing a ranked, evidence-cited differential over the model's "
+    "disease panel from chest X-ray, ECG, labs, vital signs, notes and variant panels, for review by a clinician. "
+    "Not a medical device; not for diagnosis or treatment decisions without a qualified clinician."
+)
+LIMITATIONS = [
+    "Only the diseases of the stored panel are assessed; anything else is invisible to the model.",
+    "Probabilities are calibrated on the validation split of the training data only; other populations, sites "
+    "and devices shift them.",
+    "The image encoder has no pretrained medical weights (none are available offline) unless a user model is set.",
+    "Generated reasoning is checked lexically against the case: invented numbers, tests, modalities and variants "
+    "are removed, but the medical soundness of an inference is not verified.",
+    "A disease none of whose evidence modalities is present is reported as insufficient data, not assessed.",
+]
+
+
+def panel_to_yaml(panel: Panel) -> str:
+    """The panel as YAML in the shape `load_panel` reads (stored with the checkpoint)."""
+    import yaml
+
+    diseases = []
+    for d in panel:
+        entry: dict[str, Any] = {"key": d.key, "name": d.name, "icd10": list(d.icd10), "icd9": list(d.icd9),
+                                 "synonyms": list(d.synonyms)}
+        if d.zh:
+            entry["zh"] = d.zh
+        if d.zh_synonyms:
+            entry["zh_synonyms"] = list(d.zh_synonyms)
+        if d.evidence:
+            entry["evidence"] = dict(d.evidence)
+        diseases.append(entry)
+    return yaml.safe_dump({"name": panel.name, "diseases": diseases}, allow_unicode=True, sort_keys=False)
+
+
+@dataclass
+class FusedBatch:
+    """What one fusion pass over a batch of cases yields for diagnosis."""
+
+    output: Any  # FusionOutput: tokens (B, N, d), token_mask (B, N), modality_slices, gates (B, 6), ...
+    probabilities: np.ndarray  # (B, D) calibrated per-disease probabilities
+    thresholds: np.ndarray  # (D,) per-disease decision thresholds
+    gates: np.ndarray  # (B, 6) modality weights in MODALITIES order (0 for missing modalities)
+    token_groups: list[list[str]]  # per case: the token groups (modalities, "clues") that have unmasked tokens
+
+
+class MedFuse(nn.Module):
+    """The assembled model. Build with `MedFuse.build(config)`, restore with `MedFuse.load(path)`."""
+
+    def __init__(self, config: ModelConfig, panel: Panel, fusion: nn.Module, lm: nn.Module, stats: Any,
+                 head: Any, card: dict[str, Any] | None = None, llm_bundled: bool = False):
+        super().__init__()
+        self.config = config
+        self.panel = panel
+        self.fusion = fusion
+        self.lm = lm
+        self.stats = stats
+        self.head = head  # DiseaseHead: temperatures + thresholds (calibration, not weights)
+        self.card = dict(card or {})
+        # True when the LLM is saved inside the checkpoint (it cannot be resolved by name).
+        self.llm_bundled = llm_bundled
+
+    # ------------------------------------------------------------------ build
+    @classmethod
+    def build(cls, config: ModelConfig | None = None, *, stats: Any = None, tiny_llm: bool = False,
+              training_data: str | None = None) -> MedFuse:
+        """A new, untrained model. `tiny_llm` uses M2's tiny Llama (tests, pipeline checks)."""
+        from medfuse.model.fusion import FusionModel
+        from medfuse.model.head import DiseaseHead
+        from medfuse.model.inputs import GENOMICS_VOCAB, FeatureStats
+        from medfuse.knowledge.labs import load_lab_catalogue
+
+        config = config or ModelConfig()
+        panel = load_panel(config.panel)
+        torch.manual_seed(config.seed)
+        catalogue = load_lab_catalogue()
+        fusion = FusionModel(config, panel, n_labs=len(catalogue), n_genes=len(GENOMICS_VOCAB))
+        lm = _new_lm(config, tiny_llm)
+        head = DiseaseHead(panel.keys)
+        card = {"trained": False,
+                "training_data": training_data or "none: untrained checkpoint (medfuse model init); weights are random"}
+        model = cls(config, panel, fusion, lm, stats or FeatureStats.identity(catalogue), head, card,
+                    llm_bundled=tiny_llm)
+        model.eval()
+        return model
+
+    # ------------------------------------------------------------------ identity
+    @property
+    def name(self) -> str:
+        return str(self.card.get("name", "medfuse"))
+
+    @property
+    def version(self) -> str:
+        from medfuse import __version__
+
+        v = str(self.card.get("version", __version__))
+        return v if self.card.get("trained") else f"{v}+untrained"
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def fuse(self, cases: list[PatientCase]) -> FusedBatch:
+        """Featurize `cases`, run the fusion model, calibrate the disease head."""
+        from medfuse.model.inputs import collate, featurize_many
+
+        items = featurize_many(cases, self.config, self.stats, self.panel)
+        for item in items:
+            item.pop("labels", None)  # diagnosis never reads the answer; mixed batches would not collate
+        batch = collate(items)
+        self.fusion.eval()
+        out = self.fusion(batch)
+        probs = np.asarray(self.head.predict_proba(out.disease_logits), dtype=np.float64)  # (B, D)
+        gates = out.gates.detach().float().cpu().numpy()  # (B, 6)
+        # Missing modalities report weight 0 whatever the strategy computes for them.
+        gates = gates * batch["present"].cpu().numpy()
+        groups: list[list[str]] = []
+        mask = out.token_mask.cpu()  # (B, N)
+        for i in range(len(cases)):
+            names = []
+            for name, sl in out.modality_slices.items():
+                if bool(mask[i, sl].any()):
+                    names.append("clues" if name.startswith("clue") else name)
+            groups.append(names)
+        return FusedBatch(output=out, probabilities=probs, thresholds=np.asarray(self.head.thresholds, dtype=np.float64),
+                          gates=gates, token_groups=groups)
+
+    @torch.no_grad()
+    def generate(self, prompts: list[tuple[str, str]], fused: FusedBatch | None, max_new_tokens: int = 128) -> list[str]:
+        """Generate one text per (system, user) prompt, with the fused tokens at the placeholders."""
+        from medfuse.model.llm import chat_prompt
+
+        texts = [chat_prompt(self.lm.tokenizer, user, system) for system, user in prompts]
+        self.lm.eval()
+        return list(self.lm.generate(texts, None if fused is None else fused.output, max_new_tokens=max_new_tokens,
+                                     do_sample=False))
+
+    # ------------------------------------------------------------------ checkpoint
+    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write the checkpoint folder atomically (see the module docstring for its files)."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise InputError(path, "exists and is not a folder")
+        if path.is_dir() and any(path.iterdir()) and not overwrite:
+            raise InputError(path, "folder is not empty (use --overwrite to replace the checkpoint)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
+            import yaml
+
+            (tmp / "config.yaml").write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False, allow_unicode=True),
+                                             encoding="utf-8")
+            (tmp / "panel.yaml").write_text(panel_to_yaml(self.panel), encoding="utf-8")
+            tensors = {f"fusion.{k}": v for k, v in self.fusion.state_dict().items()}
+            tensors.update({f"projector.{k}": v for k, v in self.lm.projector.state_dict().items()})
+            tensors.update({f"llm_added.{k}": v for k, v in _added_token_rows(self.lm).items()})
+            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / "fusion.safetensors"),
+                      metadata={"format_version": str(FORMAT_VERSION)})
+            if _has_adapter(self.lm):
+                self.lm.lm.save_pretrained(str(tmp / "adapter"))
+            if self.llm_bundled:
+                _save_base_llm(self.lm, tmp / "llm")
+            _write_json(tmp / "stats.json", self.stats.to_dict())
+            _write_json(tmp / "calibration.json", self.head.to_dict())
+            _write_json(tmp / "metadata.json", self.model_card())
+            os.chmod(tmp, 0o755)  # mkdtemp makes 0700 folders
+            if path.exists():
+                old = path.with_name(f".{path.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                path.rename(old)
+                tmp.rename(path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                tmp.rename(path)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> MedFuse:
+        """Restore a model saved with `save`; a missing or foreign file is one clear InputError."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        from medfuse.model.fusion import FusionModel
+        from medfuse.model.head import DiseaseHead
+        from medfuse.model.inputs import GENOMICS_VOCAB, FeatureStats
+        from medfuse.knowledge.labs import load_lab_catalogue
+
+        path = Path(path)
+        if not path.is_dir():
+            raise InputError(path, "no such checkpoint folder")
+        for name in CHECKPOINT_FILES:
+            if not (path / name).is_file():
+                raise InputError(path, f"not a medfuse checkpoint (missing {name})")
+        config = ModelConfig.from_yaml(path / "config.yaml")
+        panel = load_panel(path / "panel.yaml")
+        card = _read_json(path / "metadata.json")
+        if int(card.get("format_version", 0)) > FORMAT_VERSION:
+            raise InputError(path, f"checkpoint format {card.get('format_version')} is newer than this medfuse reads "
+                                   f"({FORMAT_VERSION}); upgrade medfuse")
+        try:
+            tensors = load_file(str(path / "fusion.safetensors"))
+        except (SafetensorError, OSError) as e:
+            raise InputError(path / "fusion.safetensors", f"unreadable ({e.__class__.__name__})") from None
+        catalogue = load_lab_catalogue()
+        stats = FeatureStats.from_dict(_read_json(path / "stats.json"))
+        fusion = FusionModel(config, panel, n_labs=len(catalogue), n_genes=len(GENOMICS_VOCAB))
+        _load_prefixed(fusion, tensors, "fusion.", path)
+        bundled = (path / "llm").is_dir()
+        lm = _load_lm(config, path / "llm" if bundled else None, path / "adapter" if (path / "adapter").is_dir() else None)
+        _load_prefixed(lm.projector, tensors, "projector.", path)
+        _set_added_token_rows(lm, {k[len("llm_added."):]: v for k, v in tensors.items() if k.startswith("llm_added.")})
+        try:
+            head = DiseaseHead.from_dict(_read_json(path / "calibration.json"))
+        except (KeyError, TypeError, ValueError) as e:
+            raise InputError(path / "calibration.json", f"not a calibration file ({e.__class__.__name__})") from None
+        if head.diseases != panel.keys:
+            raise InputError(path / "calibration.json", "its diseases do not match panel.yaml")
+        model = cls(config, panel, fusion, lm, stats, head, card, llm_bundled=bundled)
+        model.eval()
+        return model
+
+    def model_card(self) -> dict[str, Any]:
+        """metadata.json: what the checkpoint is, what it reads, how it was calibrated, its limits."""
+        from medfuse import __version__
+        from medfuse.model.inputs import GENOMICS_VOCAB
+
+        calib = self.head.to_dict()
+        thresholds = dict(zip(self.panel.keys, (float(t) for t in self.head.thresholds), strict=True))
+        return {
+            "name": self.name,
+            "version": str(self.card.get("version", __version__)),
+            "format_version": FORMAT_VERSION,
+            "medfuse_version": __version__,
+            "created": self.card.get("created") or dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "trained": bool(self.card.get("trained", False)),
+            "panel": {"name": self.panel.name,
+                      "diseases": [{"key": d.key, "name": d.name, "icd10": list(d.icd10)} for d in self.panel]},
+            "thresholds": thresholds,
+            "calibration": calib,
+            "inputs": {
+                "modalities": list(MODALITIES),
+                "tokens_per_modality": dict(self.config.tokens),
+                "ecg": {"fs_hz": self.config.ecg_fs, "seconds": self.config.ecg_seconds, "leads": "standard 12, by name"},
+                "cxr": {"size": self.config.cxr_size, "encoder": self.config.cxr_vision_model or "ViT from config"},
+                "labs": {"keys": list(self.stats.lab_keys), "transform": "log1p z-score, training-split statistics"},
+                "vitals": "z-score, training-split statistics",
+                "notes": "all-MiniLM-L6-v2 embedding + text in the prompt",
+                "genomics": list(GENOMICS_VOCAB),
+                "stats_fitted_on_cases": int(getattr(self.stats, "n_cases", 0)),
+            },
+            "fusion": self.config.fusion,
+            "clues": self.config.use_clues,
+            "llm": {"base": self.config.llm, "bundled": self.llm_bundled, "lora": _has_adapter(self.lm)},
+            "training_data": self.card.get("training_data", "unknown"),
+            "intended_use": self.card.get("intended_use", INTENDED_USE),
+            "limitations": list(self.card.get("limitations", LIMITATIONS))
+            + ([] if self.card.get("trained") else ["UNTRAINED: random weights; outputs are meaningless."]),
+        }
+
+
+# ---------------------------------------------------------------------- LLM plumbing
+
+def _new_lm(config: ModelConfig, tiny: bool) -> nn.Module:
+    from medfuse.model.llm import MedfuseLM
+
+    if tiny:
+        return MedfuseLM.tiny(d_model=config.d_model, seed=config.seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return MedfuseLM.from_pretrained(config.llm, d_model=config.d_model)
+
+
+def _load_lm(config: ModelConfig, bundled: Path | None, adapter: Path | None) -> nn.Module:
+    from medfuse.model.llm import MedfuseLM, load_llm
+
+    source = str(bundled) if bundled is not None else config.llm
+    model, tokenizer = load_llm(source)
+    lm = MedfuseLM(model, tokenizer, config.d_model, name="tiny-llama" if bundled is not None else config.llm)
+    if adapter is not None:
+        lm.load_lora(adapter, trainable=False)
+    return lm
+
+
+def _has_adapter(lm: nn.Module) -> bool:
+    return bool(lm.has_lora)
+
+
+def _base_model(lm: nn.Module) -> nn.Module:
+    return lm.lm.get_base_model() if _has_adapter(lm) else lm.lm
+
+
+def _added_token_ids(lm: nn.Module) -> list[int]:
+    from medfuse.model.llm import PLACEHOLDER_TOKENS
+
+    return [int(lm.placeholder_ids[t]) for t in PLACEHOLDER_TOKENS]
+
+
+def _added_token_rows(lm: nn.Module) -> dict[str, torch.Tensor]:
+    """Embedding rows of the placeholder tokens (random at resize time, so they must be saved)."""
+    base = _base_model(lm)
+    ids = torch.tensor(_added_token_ids(lm))
+    rows = {"input": base.get_input_embeddings().weight[ids].detach().clone()}  # (n_special, hidden)
+    out = base.get_output_embeddings()
+    if out is not None and out.weight.data_ptr() != base.get_input_embeddings().weight.data_ptr():
+        rows["output"] = out.weight[ids].detach().clone()  # (n_special, hidden), untied heads only
+    return rows
+
+
+def _set_added_token_rows(lm: nn.Module, rows: dict[str, torch.Tensor]) -> None:
+    if not rows:
+        return
+    base = _base_model(lm)
+    ids = torch.tensor(_added_token_ids(lm))
+    with torch.no_grad():
+        base.get_input_embeddings().weight[ids] = rows["input"].to(base.get_input_embeddings().weight.dtype)
+        if "output" in rows and base.get_output_embeddings() is not None:
+            base.get_output_embeddings().weight[ids] = rows["output"].to(base.get_output_embeddings().weight.dtype)
+
+
+def _save_base_llm(lm: nn.Module, folder: Path) -> None:
+    """The base LLM (without LoRA layers, which go to adapter/) as a Hugging Face folder."""
+    base = _base_model(lm)
+    state = None
+    if _has_adapter(lm):
+        # peft wraps target layers: drop the LoRA tensors and unwrap `base_layer` names.
+        state = {k.replace(".base_layer.", "."): v for k, v in base.state_dict().items() if "lora_" not in k}
+    base.save_pretrained(str(folder), state_dict=state, safe_serialization=True)
+    lm.tokenizer.save_pretrained(str(folder))
+
+
+# ---------------------------------------------------------------------- small helpers
+
+def _load_prefixed(module: nn.Module, tensors: dict[str, torch.Tensor], prefix: str, path: Path) -> None:
+    state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0][:200]
+        raise InputError(path / "fusion.safetensors", f"weights do not fit config.yaml ({prefix.rstrip('.')}: {first})") from None
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=_json_default) + "\n", encoding="utf-8")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(path, f"invalid JSON ({e.__class__.__name__})") from None
+    if not isinstance(data, dict):
+        raise InputError(path, "expected a JSON object")
+    return data
+
+
+class NoCheckpointError(MedfuseError):
+    """No trained checkpoint was given and none ships with this installation."""
