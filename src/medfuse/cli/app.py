@@ -19,6 +19,7 @@ def _register() -> None:
     # Importing the modules attaches their commands to `app` / `import_app`.
     from medfuse.cli import (  # noqa: F401
         demo_cmd,
+        diagnose_cmd,
         eval_cmd,
         import_dicom,
         import_ecg,
