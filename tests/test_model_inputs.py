@@ -37,6 +37,16 @@ from medfuse.record.case import (
     VitalSigns,
 )
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    # On a shared 2-core machine, 2 OpenMP threads stall at barriers whenever another
+    # process holds a core (measured: 0.07 s vs up to 8 s per training step).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 PANEL = load_panel()
 CATALOGUE = load_lab_catalogue()
 LEADS12 = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")

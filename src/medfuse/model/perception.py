@@ -90,7 +90,9 @@ class ModalityPerception(nn.Module):
         M = self.n_modalities
         token_present = present[:, token_modality]  # (B, N)
         other = token_modality[:, None] != token_modality[None, :]  # (N, N) query and key from different modalities
-        allowed = other[None] & token_present[:, None, :]  # (B, N, N) key must be present and of another modality
+        # (B, N, N): query and key both present, key of another modality. Missing queries get
+        # no row at all, so the attention maps read as attributions hold only real pairs.
+        allowed = other[None] & token_present[:, None, :] & token_present[:, :, None]
         x = torch.where(token_present[..., None], tokens, torch.zeros_like(tokens))
         attention = []
         for block in self.blocks:
