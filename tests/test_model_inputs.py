@@ -82,6 +82,8 @@ def test_config_errors_name_the_key(tmp_path):
         ModelConfig.from_dict({"tokens": {"ecg": 1}})  # one token per modality is refused
     with pytest.raises(ConfigError, match="n_heads"):
         ModelConfig(d_model=30, n_heads=4)
+    with pytest.raises(ConfigError, match=r"cxr_vit\.hiden_size"):
+        ModelConfig.from_dict({"cxr_vit": {"hiden_size": 64}})  # ViTConfig itself would ignore the typo
     # Partial nested mappings keep the other defaults.
     assert ModelConfig.from_dict({"tokens": {"labs": 6}}).tokens["ecg"] == 8
     bad = tmp_path / "model.yaml"

@@ -16,6 +16,12 @@ from medfuse.errors import ConfigError, InputError
 from medfuse.record.case import MODALITIES
 
 FUSION_STRATEGIES: tuple[str, ...] = ("early", "feature", "late", "hybrid")
+# transformers.ViTConfig arguments a user may set under `cxr_vit`.
+VIT_KEYS: tuple[str, ...] = (
+    "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act",
+    "hidden_dropout_prob", "attention_probs_dropout_prob", "initializer_range", "layer_norm_eps",
+    "patch_size", "qkv_bias", "encoder_stride",
+)
 
 
 def _help(text: str) -> dict[str, str]:
@@ -69,6 +75,12 @@ class ModelConfig:
     seed: int = field(default=0, metadata=_help("Seed for parameter initialisation."))
 
     def __post_init__(self) -> None:
+        # Partial nested mappings keep the other defaults (a bare ViTConfig default would be
+        # a 86 M-parameter ViT-Base, not the small encoder this model means).
+        if isinstance(self.tokens, dict):
+            self.tokens = {**_default_tokens(), **self.tokens}
+        if isinstance(self.cxr_vit, dict):
+            self.cxr_vit = {**_default_vit(), **self.cxr_vit}
         self.validate()
 
     # ------------------------------------------------------------------ checks
@@ -108,8 +120,20 @@ class ModelConfig:
             raise ConfigError(f"use_clues: must be true or false, got {self.use_clues!r}")
         if not isinstance(self.cxr_vit, dict):
             raise ConfigError("cxr_vit: must be a mapping of ViTConfig arguments")
-        patch = self.cxr_vit.get("patch_size", 16)
-        if self.cxr_vision_model is None and (not isinstance(patch, int) or self.cxr_size % patch):
+        for key in self.cxr_vit:
+            # ViTConfig accepts any keyword silently, so a typo would fall back to a default.
+            if key in ("image_size", "num_channels"):
+                raise ConfigError(f"cxr_vit.{key}: set by medfuse (use cxr_size; radiographs have 1 channel)")
+            if key not in VIT_KEYS:
+                raise ConfigError(f"cxr_vit.{key}: not a ViTConfig argument (known: {', '.join(VIT_KEYS)})")
+        for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "patch_size"):
+            v = self.cxr_vit[key]
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ConfigError(f"cxr_vit.{key}: must be a positive integer, got {v!r}")
+        if self.cxr_vit["hidden_size"] % self.cxr_vit["num_attention_heads"]:
+            raise ConfigError("cxr_vit.num_attention_heads: must divide cxr_vit.hidden_size")
+        patch = self.cxr_vit["patch_size"]
+        if self.cxr_vision_model is None and self.cxr_size % patch:
             raise ConfigError(f"cxr_size: must be a multiple of cxr_vit.patch_size ({patch}), got {self.cxr_size}")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"seed: must be a non-negative integer, got {self.seed!r}")
@@ -137,13 +161,8 @@ class ModelConfig:
         for key in data:
             if key not in names:
                 raise ConfigError(f"{origin}: unknown key '{key}' (known: {', '.join(sorted(names))})")
-        values = dict(data)
-        if isinstance(values.get("tokens"), dict):
-            values["tokens"] = {**_default_tokens(), **values["tokens"]}
-        if isinstance(values.get("cxr_vit"), dict):
-            values["cxr_vit"] = {**_default_vit(), **values["cxr_vit"]}
         try:
-            return cls(**values)
+            return cls(**data)
         except ConfigError as e:
             raise ConfigError(f"{origin}: {e}") from None
 

@@ -28,6 +28,7 @@ modality's input cannot change any output.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -135,7 +136,8 @@ class FusionModel(nn.Module):
                 self.head = nn.Sequential(nn.LayerNorm(d_head), _mlp(d_head, d, D, drop))
 
     # ------------------------------------------------------------------ modality tokens
-    def _run_present(self, fn, rows: torch.Tensor, out_shape: tuple[int, ...], *inputs: torch.Tensor) -> torch.Tensor:
+    def _run_present(self, fn: Callable[..., torch.Tensor], rows: torch.Tensor, out_shape: tuple[int, ...],
+                     *inputs: torch.Tensor) -> torch.Tensor:
         """fn(*inputs[rows]) scattered into zeros of `out_shape`: encoders only see present cases."""
         ref = inputs[0]
         out = ref.new_zeros(out_shape)

@@ -27,7 +27,7 @@ def _load_vision_backbone(name_or_path: str) -> tuple[nn.Module, Any, list[float
     try:
         config = AutoConfig.from_pretrained(name_or_path, local_files_only=True)
         model = AutoModel.from_pretrained(name_or_path, local_files_only=True)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, KeyError, ImportError) as e:
         raise InputError(name_or_path, f"cannot load a vision model from it offline ({e.__class__.__name__})") from None
     # Dual-encoder checkpoints (CLIP, SigLIP) load as the pair; keep the image tower.
     if hasattr(model, "vision_model"):
