@@ -3,6 +3,7 @@ and the eval-harness adapter. All on a tiny model built from configs (no network
 
 from __future__ import annotations
 
+import copy
 import json
 
 import jsonschema
@@ -19,6 +20,7 @@ from medfuse.model.medfuse import CHECKPOINT_FILES, MedFuse
 from medfuse.record.case import LabResult, MODALITIES, PatientCase, VitalSigns
 from medfuse.record.store import read_case, write_case, write_index
 
+from conftest import FIXTURES
 from test_record import full_case
 
 # Small enough to build, save and load in about a second on one CPU core.
@@ -71,11 +73,11 @@ def test_round_trip_gives_identical_probabilities_and_text(checkpoint, model, ca
     np.testing.assert_array_equal(a.probabilities, b.probabilities)
     np.testing.assert_array_equal(a.gates, b.gates)
     prompts = [("sys", "ECG <ecg> labs <labs> which disease?")] * 2
-    assert model.generate(prompts, a, max_new_tokens=12) == loaded.generate(prompts, b, max_new_tokens=12)
+    assert model.generate(prompts, a, max_new_tokens=6) == loaded.generate(prompts, b, max_new_tokens=6)
 
 
-def test_round_trip_keeps_a_lora_adapter_and_calibration(tmp_path, case):
-    model = MedFuse.build(ModelConfig.from_dict(TINY), tiny_llm=True)
+def test_round_trip_keeps_a_lora_adapter_and_calibration(tmp_path, case, model):
+    model = copy.deepcopy(model)
     model.lm.add_lora(r=4, alpha=8)
     with torch_no_grad():
         for name, p in model.lm.lm.named_parameters():
@@ -201,6 +203,13 @@ def test_cli_init_diagnose_json_and_batch(tmp_path, capsys, case, monkeypatch):
     human = capsys.readouterr().out
     assert "insufficient data (not assessed): atrial fibrillation, hypertension, lung cancer" in human
     assert "modality weights: labs 1.00" in human
+
+    # A file set of one encounter (WFDB record + radiograph) is imported and merged into one case.
+    assert main(["diagnose", str(FIXTURES / "ecg" / "00001_lr.hea"), str(FIXTURES / "cxr" / "nih" / "00000001_000.png"),
+                 "--model", str(ckpt), "--json", "--max-new-tokens", "4"]) == 0
+    (line,) = capsys.readouterr().out.strip().splitlines()
+    weights = json.loads(line)["modality_weights"]
+    assert weights["ecg"] > 0 and weights["cxr"] > 0 and weights["labs"] == 0
 
 
 def test_cli_without_a_checkpoint_is_one_line(tmp_path, capsys, monkeypatch):

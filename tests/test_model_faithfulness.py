@@ -109,3 +109,10 @@ def test_image_findings_cite_their_box():
     (ev,) = interpret_case(case)
     assert evidence_in_case(ev, case)
     assert not evidence_in_case(ev.model_copy(update={"value": [11, 20, 30, 40]}), case)
+
+
+def test_numbered_lists_keep_their_markers_with_their_sentence(case, evidence):
+    text = "1. Creatinine 2.1 mg/dL is high.\n2. Potassium 6.8 mmol/L is critical.\n3) SpO2 93% is low."
+    check = check_reasoning(text, case, evidence)
+    assert check.text == "1. Creatinine 2.1 mg/dL is high. 3) SpO2 93% is low."
+    assert [d.sentence for d in check.dropped] == ["2. Potassium 6.8 mmol/L is critical."]

@@ -25,6 +25,13 @@ _WFDB_SUFFIXES = (".hea", ".dat", ".mat")
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 
+def _quiet_transformers() -> None:
+    # Weight-loading progress bars of transformers would interleave with our own output.
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 class NoModelError(MedfuseError):
     """No checkpoint was named and none is installed."""
 
@@ -181,6 +188,7 @@ def diagnose_cmd(
     from medfuse.model.diagnose import diagnose_many, diagnose_to_jsonl, format_result
     from medfuse.model.medfuse import MedFuse
 
+    _quiet_transformers()
     loaded = MedFuse.load(checkpoint)
     if out is not None or (batch and as_json):
         n = diagnose_to_jsonl(loaded, cases, out, lang=lang, max_new_tokens=max_new_tokens, batch_size=batch_size,
@@ -227,6 +235,7 @@ def model_init_cmd(
         stats = FeatureStats.fit(iter_cohort(stats_from, load_bulk=False, split="train"))
         if stats.n_cases == 0:
             raise InputError(stats_from, "no training-split cases to fit statistics on")
+    _quiet_transformers()
     model = MedFuse.build(cfg, stats=stats, tiny_llm=tiny)
     model.save(out, overwrite=overwrite)
     print(f"wrote an untrained checkpoint to {out} (llm: {'tiny random' if tiny else cfg.llm}, fusion: {cfg.fusion})")

@@ -115,7 +115,7 @@ class Diagnosed:
     raw_text: str
     dropped_findings: list[str] = field(default_factory=list)
     dropped_evidence: int = 0
-    abnormal: list[bool] = field(default_factory=list)  # per `result.evidence` item: outside normal limits
+    evidence: list[Evidence] = field(default_factory=list)  # the checked items behind `result.evidence` (units, flags)
 
 
 # --------------------------------------------------------------------------- pieces
@@ -272,8 +272,13 @@ def diagnose(model: MedFuse, case: PatientCase, lang: Literal["en", "zh"] = "en"
 
 
 def diagnose_many(model: MedFuse, cases: Sequence[PatientCase], lang: Literal["en", "zh"] = "en",
-                  max_new_tokens: int = 128, evidence: Sequence[list[Evidence]] | None = None) -> list[Diagnosed]:
-    """Diagnose a batch of cases in one fusion pass and one batched generation."""
+                  max_new_tokens: int = 128, evidence: Sequence[list[Evidence]] | None = None,
+                  generate_kwargs: dict | None = None) -> list[Diagnosed]:
+    """Diagnose a batch of cases in one fusion pass and one batched generation.
+
+    `evidence` may pass `interpret_case` results computed earlier; `generate_kwargs` go to
+    the language model's `generate` (the benchmark forces a token count with them).
+    """
     from medfuse.interpret.case import interpret_case
 
     if lang not in _TEXT:
@@ -283,7 +288,7 @@ def diagnose_many(model: MedFuse, cases: Sequence[PatientCase], lang: Literal["e
     fused = model.fuse(cases)
     prompts = [build_prompt(case, ev, panel, lang, token_groups=fused.token_groups[i])
                for i, (case, ev) in enumerate(zip(cases, evidence, strict=True))]
-    texts = model.generate(prompts, fused, max_new_tokens=max_new_tokens)
+    texts = model.generate(prompts, fused, max_new_tokens=max_new_tokens, **(generate_kwargs or {}))
     out: list[Diagnosed] = []
     for i, case in enumerate(cases):
         insufficient = insufficient_diseases(case, panel)
@@ -312,7 +317,7 @@ def diagnose_many(model: MedFuse, cases: Sequence[PatientCase], lang: Literal["e
             model=ModelInfo(name=model.name, version=model.version),
         )
         out.append(Diagnosed(result=result, check=check, raw_text=texts[i], dropped_findings=dropped_boxes,
-                             dropped_evidence=n_bad, abnormal=[ev.abnormal for ev in kept_evidence]))
+                             dropped_evidence=n_bad, evidence=kept_evidence))
     return out
 
 
@@ -371,9 +376,9 @@ def format_result(d: Diagnosed, lang: str = "en") -> str:
     weights = ", ".join(f"{m} {getattr(r.modality_weights, m):.2f}" for m in MODALITIES
                         if getattr(r.modality_weights, m) > 0)
     lines.append(f"modality weights: {weights or 'none'}")
-    abnormal = [e for e, flag in zip(r.evidence, d.abnormal, strict=True) if flag]
-    if r.evidence:
-        lines.append(f"evidence ({len(abnormal)} of {len(r.evidence)} items abnormal):")
+    abnormal = [e for e in d.evidence if e.abnormal]
+    if d.evidence:
+        lines.append(f"evidence ({len(abnormal)} of {len(d.evidence)} items abnormal):")
         for e in abnormal[:25]:
             lines.append(f"  - {_cite(e)} [{e.source}]")
     for f in r.findings:

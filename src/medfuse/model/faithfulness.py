@@ -313,6 +313,8 @@ def _sentence_problem(sentence: str, facts: _CaseFacts, thresholds: frozenset[fl
         written = m.group(0).lstrip("+")
         if _NOT_A_MEASUREMENT_AFTER.match(sentence[m.end():]) or _NOT_A_MEASUREMENT_BEFORE.search(sentence[:m.start()]):
             continue
+        if not sentence[:m.start()].strip() and sentence[m.end():m.end() + 1] in (".", ")", "、"):
+            continue  # list numbering: "2. Creatinine ...", "3) ..."
         value = float(written)
         before = [a for a in anchors if a[0] <= m.start()]
         # The second number of a pair ("140/90") is whatever the first one was.
@@ -344,7 +346,15 @@ def _sentence_problem(sentence: str, facts: _CaseFacts, thresholds: frozenset[fl
 
 def split_sentences(text: str) -> list[str]:
     """Sentences of a reasoning text (decimal points do not end a sentence)."""
-    return [s.strip() for s in _SENTENCE_END.split(text) if s and s.strip()]
+    pieces = [s.strip() for s in _SENTENCE_END.split(text) if s and s.strip()]
+    out: list[str] = []
+    for piece in pieces:
+        # A bare list marker ("2.") belongs to the sentence it numbers.
+        if out and re.fullmatch(r"\d{1,2}[.)]", out[-1]):
+            out[-1] = f"{out[-1]} {piece}"
+        else:
+            out.append(piece)
+    return out
 
 
 def check_reasoning(text: str, case: PatientCase, evidence: list[Evidence], panel: Panel | None = None) -> ReasoningCheck:

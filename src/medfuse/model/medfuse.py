@@ -174,14 +174,19 @@ class MedFuse(nn.Module):
                           gates=gates, token_groups=groups)
 
     @torch.no_grad()
-    def generate(self, prompts: list[tuple[str, str]], fused: FusedBatch | None, max_new_tokens: int = 128) -> list[str]:
-        """Generate one text per (system, user) prompt, with the fused tokens at the placeholders."""
+    def generate(self, prompts: list[tuple[str, str]], fused: FusedBatch | None, max_new_tokens: int = 128,
+                 **generate_kwargs: Any) -> list[str]:
+        """Generate one text per (system, user) prompt, with the fused tokens at the placeholders.
+
+        Greedy by default; `generate_kwargs` go to HF `generate` (e.g. `min_new_tokens`).
+        """
         from medfuse.model.llm import chat_prompt
 
         texts = [chat_prompt(self.lm.tokenizer, user, system) for system, user in prompts]
         self.lm.eval()
+        kwargs = {"do_sample": False, **generate_kwargs}
         return list(self.lm.generate(texts, None if fused is None else fused.output, max_new_tokens=max_new_tokens,
-                                     do_sample=False))
+                                     **kwargs))
 
     # ------------------------------------------------------------------ checkpoint
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
