@@ -13,7 +13,7 @@ from medfuse.errors import InputError
 from medfuse.knowledge.labs import load_lab_catalogue
 from medfuse.knowledge.panel import load_panel
 from medfuse.model.config import FUSION_STRATEGIES, ModelConfig
-from medfuse.model.fusion import FusionModel, tokens_per_case
+from medfuse.model.fusion import FusionModel, gate_kl_to_uniform, tokens_per_case
 from medfuse.model.inputs import GENOMICS_VOCAB, NOTES_DIM, FeatureStats, collate, featurize
 from medfuse.record.case import ECG, MODALITIES, CXRImage, Diagnosis, Labels, LabResult, PatientCase, VitalSigns
 
@@ -290,3 +290,19 @@ def test_a_user_vision_model_from_a_local_folder(tmp_path):
     assert out.tokens.shape[0] == 2 and torch.isfinite(out.tokens).all()
     with pytest.raises(InputError, match="cannot load a vision model"):
         tiny_model("hybrid", cxr_vision_model=str(tmp_path / "missing"))
+
+
+def test_gate_balance_penalty_is_zero_at_uniform_gates_and_ignores_missing_modalities():
+    present = torch.tensor([[True, True, False, False, True, False], [False] * 5 + [True]])
+    uniform = present.float() / present.sum(1, keepdim=True)
+    assert gate_kl_to_uniform(uniform, present).item() == pytest.approx(0.0, abs=1e-7)
+    skewed = torch.tensor([[0.8, 0.1, 0.0, 0.0, 0.1, 0.0], [0.0] * 5 + [1.0]])
+    expected = (0.8 * math.log(0.8 * 3) + 2 * 0.1 * math.log(0.1 * 3)) / 2  # the single-modality case adds 0
+    assert gate_kl_to_uniform(skewed, present).item() == pytest.approx(expected, rel=1e-5)
+    # The hybrid loss carries it; switching it off removes exactly that term.
+    batch = synthetic_batch(4, seed=5)
+    on, off = tiny_model("hybrid").eval(), tiny_model("hybrid", gate_balance=0.0).eval()
+    with torch.no_grad():
+        out = on(batch)
+        diff = on.loss(batch, out) - off.loss(batch, out)
+    torch.testing.assert_close(diff, 0.05 * gate_kl_to_uniform(out.gates, batch["present"]))

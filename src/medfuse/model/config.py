@@ -58,6 +58,10 @@ class ModelConfig:
         "Inject disease clue tokens (per-modality auxiliary disease scores, TRRG) beside the modality tokens."))
     aux_loss_weight: float = field(default=0.3, metadata=_help(
         "Weight of the per-modality auxiliary disease losses relative to the main disease loss."))
+    gate_balance: float = field(default=0.05, metadata=_help(
+        "Weight of the KL(gates || uniform over present modalities) penalty on the perception gates "
+        "(hybrid). Without it the softmax gates can collapse onto one modality, and the reported "
+        "modality weights would then say nothing about the case."))
     ecg_fs: float = field(default=100.0, metadata=_help("ECG sampling rate (Hz) the encoder sees; inputs are resampled."))
     ecg_seconds: float = field(default=10.0, metadata=_help("ECG window length (s); longer records are cropped, shorter zero-padded."))
     ecg_channels: int = field(default=64, metadata=_help("Base channel count of the ECG residual CNN (doubles twice)."))
@@ -116,6 +120,8 @@ class ModelConfig:
             raise ConfigError(f"dropout: must be in [0, 1), got {self.dropout!r}")
         if not isinstance(self.aux_loss_weight, int | float) or self.aux_loss_weight < 0:
             raise ConfigError(f"aux_loss_weight: must be >= 0, got {self.aux_loss_weight!r}")
+        if not isinstance(self.gate_balance, int | float) or isinstance(self.gate_balance, bool) or self.gate_balance < 0:
+            raise ConfigError(f"gate_balance: must be >= 0, got {self.gate_balance!r}")
         if not isinstance(self.use_clues, bool):
             raise ConfigError(f"use_clues: must be true or false, got {self.use_clues!r}")
         if not isinstance(self.cxr_vit, dict):
