@@ -325,6 +325,9 @@ def ecg_array(case: PatientCase, fs_out: float, n_samples: int) -> tuple[np.ndar
         return out, mask
     names = [n for n in STANDARD_12 if n in columns]
     stacked = np.stack([columns[n] for n in names])  # (n_leads, samples)
+    # Crop before resampling (a Holter record is hours long); the margin keeps the
+    # resampling filter's edge effect outside the kept window.
+    stacked = stacked[:, : int(math.ceil(n_samples * ecg.fs / fs_out)) + 64]
     stacked = np.nan_to_num(stacked, nan=0.0, posinf=0.0, neginf=0.0)
     if abs(ecg.fs - fs_out) > 1e-6:
         frac = _rational(fs_out / ecg.fs)
