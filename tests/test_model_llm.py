@@ -323,4 +323,6 @@ def test_smollm2_gguf_converts_once_to_a_cache_with_identical_logits(tmp_path, m
     assert len(tok) == 49152 + len(PLACEHOLDER_TOKENS)
     assert model.get_input_embeddings().weight.shape[0] == len(tok)
     with torch.no_grad():
-        torch.testing.assert_close(model(ids).logits[..., :49152], reloaded(ids).logits)
+        # The resized output head is a wider matmul, blocked differently by the CPU kernels:
+        # the same logits up to float32 summation order (seen: 3e-5 on logits of ~10).
+        torch.testing.assert_close(model(ids).logits[..., :49152], reloaded(ids).logits, atol=1e-4, rtol=1e-4)
