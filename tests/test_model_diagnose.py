@@ -17,7 +17,7 @@ from medfuse.eval.prompts import Prompt
 from medfuse.model.config import ModelConfig
 from medfuse.model.diagnose import DiagnoseResult, diagnose, diagnose_many, insufficient_diseases
 from medfuse.model.medfuse import CHECKPOINT_FILES, MedFuse
-from medfuse.record.case import LabResult, MODALITIES, PatientCase, VitalSigns
+from medfuse.record.case import MODALITIES, LabResult, PatientCase
 from medfuse.record.store import read_case, write_case, write_index
 
 from conftest import FIXTURES
@@ -31,8 +31,20 @@ TINY = {
 }
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    # Tiny models gain nothing from intra-op threads, and on a busy 2-core machine
+    # spinning worker threads make them many times slower.
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
-def model() -> MedFuse:
+def model(one_torch_thread) -> MedFuse:
     return MedFuse.build(ModelConfig.from_dict(TINY), tiny_llm=True)
 
 
@@ -43,7 +55,10 @@ def checkpoint(model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def case() -> PatientCase:
-    return full_case()
+    # Every modality; the ECG cut to 4 s (the ECG reader's cost grows with its length).
+    c = full_case()
+    c.ecg = c.ecg.model_copy(update={"signal": c.ecg.signal[:2000], "n_samples": 2000})
+    return c
 
 
 def labs_only(case_id: str = "labs-only") -> PatientCase:

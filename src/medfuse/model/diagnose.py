@@ -24,6 +24,7 @@ is assembled from checked parts only (head decisions, abnormal evidence, finding
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -206,7 +207,10 @@ def _checked_evidence(case: PatientCase, evidence: list[Evidence]) -> tuple[list
 
 
 def _entry(ev: Evidence) -> EvidenceEntry:
-    return EvidenceEntry(modality=ev.modality, item=ev.item, value=ev.value, interpretation=ev.interpretation,
+    value = ev.value
+    if isinstance(value, float) and not math.isfinite(value):
+        value = None  # NaN/inf are not JSON; an unmeasurable value is reported as absent
+    return EvidenceEntry(modality=ev.modality, item=ev.item, value=value, interpretation=ev.interpretation,
                          source=ev.source)
 
 

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medfuse.errors import InputError, MedfuseError
+from medfuse.errors import InputError
 from medfuse.knowledge.panel import Panel, load_panel
 from medfuse.model.config import ModelConfig
 from medfuse.record.case import MODALITIES, PatientCase
@@ -419,7 +419,3 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InputError(path, "expected a JSON object")
     return data
-
-
-class NoCheckpointError(MedfuseError):
-    """No trained checkpoint was given and none ships with this installation."""
