@@ -16,6 +16,11 @@ from medfuse.errors import ConfigError, InputError
 from medfuse.record.case import MODALITIES
 
 FUSION_STRATEGIES: tuple[str, ...] = ("early", "feature", "late", "hybrid")
+# The labelled findings of the synthetic radiographs (medfuse.synth.cxr); a cohort with other
+# labels sets `finding_labels`.
+DEFAULT_FINDING_LABELS: tuple[str, ...] = (
+    "consolidation", "pulmonary edema", "pleural effusion", "nodule", "mass", "cardiomegaly",
+)
 # transformers.ViTConfig arguments a user may set under `cxr_vit`.
 VIT_KEYS: tuple[str, ...] = (
     "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act",
@@ -70,6 +75,10 @@ class ModelConfig:
         "Keyword arguments for transformers.ViTConfig of the image encoder built from scratch."))
     cxr_vision_model: str | None = field(default=None, metadata=_help(
         "A Hugging Face vision model id (already in the local cache) or folder to use instead of the ViT."))
+    finding_labels: list[str] = field(default_factory=lambda: list(DEFAULT_FINDING_LABELS), metadata=_help(
+        "Image finding labels the finding head localises (two slots each: image left and right half)."))
+    finding_threshold: float = field(default=0.5, metadata=_help(
+        "Presence probability above which a finding slot is reported with its box."))
     llm: str = field(default="smollm2-135m", metadata=_help(
         "Language model: 'smollm2-135m' (bundled GGUF), a cached Hugging Face id or a local folder."))
     lora_r: int = field(default=16, metadata=_help("LoRA rank of the language model adapter."))
@@ -141,6 +150,12 @@ class ModelConfig:
         patch = self.cxr_vit["patch_size"]
         if self.cxr_vision_model is None and self.cxr_size % patch:
             raise ConfigError(f"cxr_size: must be a multiple of cxr_vit.patch_size ({patch}), got {self.cxr_size}")
+        if (not isinstance(self.finding_labels, list) or not self.finding_labels
+                or not all(isinstance(x, str) and x for x in self.finding_labels)
+                or len(set(self.finding_labels)) != len(self.finding_labels)):
+            raise ConfigError("finding_labels: must be a non-empty list of distinct names")
+        if not isinstance(self.finding_threshold, int | float) or not 0.0 < self.finding_threshold < 1.0:
+            raise ConfigError(f"finding_threshold: must be in (0, 1), got {self.finding_threshold!r}")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"seed: must be a non-negative integer, got {self.seed!r}")
 

@@ -40,6 +40,7 @@ from medfuse.knowledge.panel import Panel
 from medfuse.model.clues import AuxiliaryHeads, ClueTokens
 from medfuse.model.config import ModelConfig
 from medfuse.model.encoders import CXREncoder, ECGEncoder, GenomicsEncoder, NotesEncoder, TabularEncoder
+from medfuse.model.findings import FindingHead
 from medfuse.model.inputs import NOTES_DIM
 from medfuse.model.perception import ModalityPerception, masked_softmax
 from medfuse.record.case import MODALITIES, VITAL_FIELDS
@@ -62,6 +63,10 @@ class FusionOutput:
     disease_logits: torch.Tensor  # (B, D) over the panel
     aux_logits: dict[str, torch.Tensor] = field(default_factory=dict)  # modality -> (B, D)
     pooled: torch.Tensor | None = None  # (B, d_head) representation the disease head read
+    finding_logits: torch.Tensor | None = None  # (B, Q) presence of each finding slot (medfuse.model.findings)
+    finding_boxes: torch.Tensor | None = None  # (B, Q, 4) cx, cy, w, h in [0, 1]
+    cxr_summary: torch.Tensor | None = None  # (B, d) mean CXR token (encoder pretraining reads it)
+    ecg_summary: torch.Tensor | None = None  # (B, d) mean ECG token
 
 
 @contextmanager
@@ -122,6 +127,8 @@ class FusionModel(nn.Module):
                     "notes": NotesEncoder(NOTES_DIM, d, k["notes"], drop),
                     "genomics": GenomicsEncoder(n_genes, d, k["genomics"], h, drop),
                 })
+            if config.fusion != "early":
+                self.finding_head = FindingHead(d, h, len(config.finding_labels), drop)
             self.type_embed = nn.Parameter(torch.randn(M, d) * 0.02)  # (M, d) which modality a token is from
             self.aux_heads = AuxiliaryHeads(MODALITIES, d, D)
             self.clues = ClueTokens(M, D, d) if config.use_clues else None
@@ -146,6 +153,22 @@ class FusionModel(nn.Module):
             out = out.index_copy(0, idx, fn(*(x.index_select(0, idx) for x in inputs)))
         return out
 
+    def _cxr_tokens(self, cxr: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, k, d) image tokens (0 where no image), finding logits (B, Q) and boxes (B, Q, 4)."""
+        B, k, d = cxr.shape[0], self.config.tokens["cxr"], self.config.d_model
+        q = self.finding_head.n_queries
+        tokens = cxr.new_zeros(B, k, d)
+        logits = cxr.new_full((B, q), -20.0)  # no image: no finding
+        boxes = cxr.new_zeros(B, q, 4)
+        idx = rows.nonzero(as_tuple=True)[0]
+        if idx.numel():
+            t, patches = self.encoders["cxr"](cxr.index_select(0, idx), return_patches=True)
+            f_logits, f_boxes = self.finding_head(patches)
+            tokens = tokens.index_copy(0, idx, t)
+            logits = logits.index_copy(0, idx, f_logits)
+            boxes = boxes.index_copy(0, idx, f_boxes)
+        return tokens, logits, boxes
+
     def _raw_vectors(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         B = batch["present"].shape[0]
         ecg = F.adaptive_avg_pool1d(batch["ecg"], EARLY_ECG_STEPS).flatten(1)  # (B, 12*64)
@@ -160,11 +183,17 @@ class FusionModel(nn.Module):
 
     def modality_tokens(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
         """modality -> (B, k_m, d) tokens (exactly 0 where missing), and early fusion's raw vectors."""
+        tokens, raw, _ = self._encode(batch)
+        return tokens, raw
+
+    def _encode(self, batch: dict[str, torch.Tensor]):
+        """`modality_tokens` + the finding head's (logits (B, Q), boxes (B, Q, 4)), None for early fusion."""
         present = batch["present"]  # (B, M)
         B, d = present.shape[0], self.config.d_model
         k = self.config.tokens
         tokens: dict[str, torch.Tensor] = {}
         raw = None
+        findings: tuple[torch.Tensor, torch.Tensor] | None = None
         if self.config.fusion == "early":
             raw = self._raw_vectors(batch)
             for i, m in enumerate(MODALITIES):
@@ -182,19 +211,22 @@ class FusionModel(nn.Module):
                 "genomics": (enc["genomics"], batch["genomics"]),
             }
             for i, m in enumerate(MODALITIES):
+                if m == "cxr":
+                    continue  # below: its patch tokens also feed the finding head
                 fn, *xs = inputs[m]
                 tokens[m] = self._run_present(fn, present[:, i], (B, k[m], d), *xs)  # (B, k_m, d)
+            tokens["cxr"], *findings = self._cxr_tokens(batch["cxr"], present[:, MODALITIES.index("cxr")])
         for i, m in enumerate(MODALITIES):
             rows = present[:, i, None, None]  # (B, 1, 1)
             tokens[m] = torch.where(rows, tokens[m] + self.type_embed[i], torch.zeros_like(tokens[m]))
-        return tokens, raw
+        return tokens, raw, findings
 
     # ------------------------------------------------------------------ forward
     def forward(self, batch: dict[str, torch.Tensor]) -> FusionOutput:
         """Fuse a collated batch (see `medfuse.model.inputs`) into a `FusionOutput`."""
         present = batch["present"].bool()  # (B, M)
         B, M = present.shape
-        tokens, raw = self.modality_tokens(batch)
+        tokens, raw, findings = self._encode(batch)
         aux = self.aux_heads(tokens)  # modality -> (B, D)
         aux_stack = torch.stack([aux[m] for m in MODALITIES], dim=1)  # (B, M, D)
         seq = torch.cat([tokens[m] for m in MODALITIES], dim=1)  # (B, N_mod, d)
@@ -228,8 +260,12 @@ class FusionModel(nn.Module):
             seq = torch.cat([seq, clue_tokens], dim=1)  # (B, N_mod + D, d)
             any_present = present.any(1, keepdim=True).expand(B, clue_tokens.shape[1])  # (B, D)
             token_mask = torch.cat([token_present, any_present], dim=1)
+        findings = findings or (None, None)
         return FusionOutput(tokens=seq, token_mask=token_mask, modality_slices=slices, gates=gates,
-                            disease_logits=disease_logits, aux_logits=aux, pooled=pooled)
+                            disease_logits=disease_logits, aux_logits=aux, pooled=pooled,
+                            finding_logits=findings[0], finding_boxes=findings[1],
+                            cxr_summary=summaries[:, MODALITIES.index("cxr")],
+                            ecg_summary=summaries[:, MODALITIES.index("ecg")])
 
     @staticmethod
     def _norm_attribution(first: nn.Linear, blocks: list[torch.Tensor], present: torch.Tensor) -> torch.Tensor:

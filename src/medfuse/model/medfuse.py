@@ -92,6 +92,7 @@ class FusedBatch:
     thresholds: np.ndarray  # (D,) per-disease decision thresholds
     gates: np.ndarray  # (B, 6) modality weights in MODALITIES order (0 for missing modalities)
     token_groups: list[list[str]]  # per case: the token groups (modalities, "clues") that have unmasked tokens
+    findings: list[list[tuple[str, list[int]]]]  # per case: (label, 0-999 box) from the finding head; [] untrained
 
 
 class MedFuse(nn.Module):
@@ -170,8 +171,18 @@ class MedFuse(nn.Module):
                 if bool(mask[i, sl].any()):
                     names.append("clues" if name.startswith("clue") else name)
             groups.append(names)
+        findings: list[list[tuple[str, list[int]]]] = [[] for _ in cases]
+        # A finding head that never saw a box would draw random rectangles: only a trained one reports.
+        if out.finding_logits is not None and self.card.get("findings_trained"):
+            from medfuse.model.findings import decode_findings
+
+            probs_f = torch.sigmoid(out.finding_logits).cpu().numpy()  # (B, Q)
+            boxes_f = out.finding_boxes.cpu().numpy()  # (B, Q, 4)
+            has_cxr = batch["present"][:, MODALITIES.index("cxr")].cpu().numpy()
+            findings = [decode_findings(probs_f[i], boxes_f[i], self.config.finding_labels, self.config.finding_threshold)
+                        if has_cxr[i] else [] for i in range(len(cases))]
         return FusedBatch(output=out, probabilities=probs, thresholds=np.asarray(self.head.thresholds, dtype=np.float64),
-                          gates=gates, token_groups=groups)
+                          gates=gates, token_groups=groups, findings=findings)
 
     @torch.no_grad()
     def generate(self, prompts: list[tuple[str, str]], fused: FusedBatch | None, max_new_tokens: int = 128,
@@ -309,7 +320,12 @@ class MedFuse(nn.Module):
             "fusion": self.config.fusion,
             "clues": self.config.use_clues,
             "llm": {"base": self.config.llm, "bundled": self.llm_bundled, "lora": _has_adapter(self.lm)},
+            "findings_trained": bool(self.card.get("findings_trained", False)),
             "training_data": self.card.get("training_data", "unknown"),
+            # What each training stage ran: command, config, steps, time, validation metrics.
+            "stages": list(self.card.get("stages", [])),
+            # Held-out evaluation (`medfuse model evaluate`), when it was run.
+            **({"evaluation": self.card["evaluation"]} if self.card.get("evaluation") else {}),
             "intended_use": self.card.get("intended_use", INTENDED_USE),
             "limitations": list(self.card.get("limitations", LIMITATIONS))
             + ([] if self.card.get("trained") else ["UNTRAINED: random weights; outputs are meaningless."]),

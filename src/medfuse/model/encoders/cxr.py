@@ -68,7 +68,9 @@ class CXREncoder(nn.Module):
         self.proj = nn.Linear(int(hidden), d_model)
         self.pool = AttentionPool(d_model, n_tokens, n_heads, dropout)
 
-    def forward(self, cxr: torch.Tensor) -> torch.Tensor:
+    def forward(self, cxr: torch.Tensor, return_patches: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """(B, k, d) tokens; with `return_patches`, also the projected patch tokens (B, n, d)
+        that the finding head localises on."""
         x = cxr  # (B, 1, S, S)
         if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
@@ -77,4 +79,6 @@ class CXREncoder(nn.Module):
         h = self.backbone(pixel_values=x).last_hidden_state
         if h.dim() == 4:  # CNN feature map (B, C, H, W) -> (B, H*W, C)
             h = h.flatten(2).transpose(1, 2)
-        return self.pool(self.proj(h))  # (B, k, d)
+        patches = self.proj(h)  # (B, n, d)
+        tokens = self.pool(patches)  # (B, k, d)
+        return (tokens, patches) if return_patches else tokens
