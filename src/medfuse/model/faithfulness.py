@@ -88,13 +88,13 @@ _COMPARISON = re.compile(r"(?:>=?|<=?|≥|≤|\babove|\bbelow|\bover|\bunder|\be
 # A number standing alone (not part of a word like V1, HbA1c, I48, p.L858R, c.2573T>G).
 _NUMBER = re.compile(r"(?<![\w.])[-+]?\d+(?:\.\d+)?(?![\w]|\.\d)")
 # Numbers that are not measurements: "12-lead", "type 2", "stage 1", list numbering "1)".
-_NOT_A_MEASUREMENT_AFTER = re.compile(r"^\s*-?\s*(?:leads?\b|导联)", re.I)
-_NOT_A_MEASUREMENT_BEFORE = re.compile(r"(?:\btype|\bstage|\bgrade|\bclass|\bstep|\bday|\bhour|\bpoint|型|级|期)\s*$", re.I)
+_NOT_A_MEASUREMENT_AFTER = re.compile(r"^(?:\s*-?\s*(?:leads?\b|导联)|\*\d)", re.I)  # "12-lead", "10*9/L"
+_NOT_A_MEASUREMENT_BEFORE = re.compile(r"(?:\d\*|\btype|\bstage|\bgrade|\bclass|\bstep|\bday|\bhour|\bpoint|型|级|期)\s*$", re.I)
 # Tags whose contents are checked elsewhere (boxes) or are markup, not claims.
 _MARKUP = re.compile(r"<\s*ref\s*>.*?<\s*/\s*ref\s*>\s*<\s*box\s*>.*?<\s*/\s*box\s*>|<\s*box\s*>.*?<\s*/\s*box\s*>|"
                      r"<\s*/?\s*(?:think|answer|ref|box)\s*>", re.S | re.I)
 # Sentence ends: ". " (not the point of a decimal), "!", "?", ";" and their Chinese forms, newlines.
-_SENTENCE_END = re.compile(r"(?<=[.!?;])\s+|(?<=[。！？；])|\n+")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|(?<=;)\s*|(?<=[。！？；])|\n+")
 
 
 @dataclass(frozen=True)
@@ -278,13 +278,38 @@ def _case_facts(case: PatientCase, evidence: list[Evidence]) -> _CaseFacts:
 
 
 def _mentions(sentence: str, terms: tuple[tuple[str, re.Pattern], ...]) -> list[tuple[int, int, str]]:
-    """(start, end, key) of every term occurrence, longest match first at one position."""
+    """(start, end, key) of every term occurrence, in order; a match inside a longer one is
+    not a mention of its own ("Hemoglobin A1c" names HbA1c, not hemoglobin; "N末端B型利钠肽原"
+    is NT-proBNP, not BNP)."""
     found = []
     for key, pat in terms:
         for m in pat.finditer(sentence):
             found.append((m.start(), m.end(), key))
     found.sort(key=lambda t: (t[0], -(t[1] - t[0])))
-    return found
+    kept: list[tuple[int, int, str]] = []
+    for start, end, key in found:
+        if any(s <= start and end <= e and (e - s) > (end - start) for s, e, _ in found):
+            continue
+        kept.append((start, end, key))
+    return kept
+
+
+# A source citation as `Evidence.cite()` writes it: "[labs[3]]", "[vitals[0], vitals[2]]",
+# "[ecg:lead V2]", "[cxr[0]:finding 1]". It points into the case; its numbers are indices.
+_CITATION = re.compile(r"\[((?:labs|vitals|cxr|genomics)\[\d+\][^\[\]]*(?:\[\d+\][^\[\]]*)*|ecg(?::[^\[\]]*)?)\]")
+_CITED_INDEX = re.compile(r"(labs|vitals|cxr|genomics)\[(\d+)\]")
+
+
+def _citation_problem(sentence: str, case: PatientCase) -> tuple[str, str | None]:
+    """The sentence with its source citations blanked out, and a reason if one points nowhere."""
+    problem = None
+    for m in _CITATION.finditer(sentence):
+        for kind, index in _CITED_INDEX.findall(m.group(1)):
+            if int(index) >= len(getattr(case, kind)):
+                problem = problem or f"cites {kind}[{index}], which the case does not have"
+        if m.group(1).startswith("ecg") and case.ecg is None:
+            problem = problem or "cites the ECG but the case has no ECG"
+    return _CITATION.sub(lambda m: " " * len(m.group(0)), sentence), problem
 
 
 def _sentence_problem(sentence: str, facts: _CaseFacts, thresholds: frozenset[float]) -> str | None:
@@ -370,7 +395,8 @@ def check_reasoning(text: str, case: PatientCase, evidence: list[Evidence], pane
     dropped: list[UnsupportedClaim] = []
     sentences = split_sentences(_MARKUP.sub(" ", text))
     for sentence in sentences:
-        problem = _sentence_problem(sentence, facts, thresholds)
+        masked, problem = _citation_problem(sentence, case)
+        problem = problem or _sentence_problem(masked, facts, thresholds)
         if problem is None:
             kept.append(sentence)
         else:
