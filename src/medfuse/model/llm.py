@@ -474,9 +474,13 @@ class MedfuseLM(nn.Module):
         return pieces
 
     def _assemble(
-        self, prompts: Sequence[str], fused: FusedTokensLike | None, targets: Sequence[str] | None = None
+        self, prompts: Sequence[str], fused: FusedTokensLike | None, targets: Sequence[str | Sequence[int]] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Left-padded `(inputs_embeds (B, T, H), attention_mask (B, T), labels (B, T) | None)`."""
+        """Left-padded `(inputs_embeds (B, T, H), attention_mask (B, T), labels (B, T) | None)`.
+
+        A target is a text (tokenised, EOS appended: the model learns to stop) or a list of
+        token ids taken as they are (sampled completions keep their own ids and ending).
+        """
         batch = len(prompts)
         if fused is not None and fused.tokens.shape[0] != batch:
             raise ValueError(f"{batch} prompts but fused tokens for {fused.tokens.shape[0]} cases")
@@ -494,10 +498,13 @@ class MedfuseLM(nn.Module):
             prompt_len = sum(p.shape[0] for p in pieces)
             labels = torch.full((prompt_len,), _IGNORE, dtype=torch.long, device=self.device)
             if targets is not None:
-                # The answer is supervised up to and including EOS, so the model learns to stop.
-                target_ids = self.tokenizer(targets[b], add_special_tokens=False)["input_ids"]
-                target_ids = target_ids + [self.tokenizer.eos_token_id]
-                target = torch.tensor(target_ids, device=self.device)
+                if isinstance(targets[b], str):
+                    # The answer is supervised up to and including EOS, so the model learns to stop.
+                    target_ids = self.tokenizer(targets[b], add_special_tokens=False)["input_ids"]
+                    target_ids = target_ids + [self.tokenizer.eos_token_id]
+                else:
+                    target_ids = [int(t) for t in targets[b]]
+                target = torch.tensor(target_ids, dtype=torch.long, device=self.device)
                 pieces.append(embed(target))  # (t, H)
                 labels = torch.cat([labels, target])
             rows.append(torch.cat(pieces) if pieces else torch.zeros(0, self.hidden_size, device=self.device))
@@ -553,6 +560,68 @@ class MedfuseLM(nn.Module):
             position_ids=position_ids,
             labels=label_ids,
         )
+
+    def completion_logps(
+        self,
+        prompts: Sequence[str],
+        fused: FusedTokensLike | None,
+        completions: Sequence[str | Sequence[int]],
+        temperature: float = 1.0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token log-probabilities of `completions` after `prompts` (+ fused tokens).
+
+        Returns `(logps (B, C), mask (B, C))`, right-aligned: C is the longest completion
+        (+ EOS for text targets), mask is False on padding. Only the last C + 1 positions'
+        logits are computed (`logits_to_keep`), so the (B, T, V) logit tensor of a long
+        prompt is never built. The SFT loss is `-(logps * mask).sum() / mask.sum()`; GRPO
+        reads the per-token values, at the sampling `temperature` (logits / T, as TRL scores them).
+        """
+        inputs_embeds, attention_mask, labels = self._assemble(prompts, fused, completions)
+        assert labels is not None
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
+        target_mask = labels != _IGNORE  # (B, T)
+        # Targets sit at the right end of every row (left padding), so the first target
+        # position over the batch bounds how many logits are needed.
+        first = int(target_mask.float().argmax(1)[target_mask.any(1)].min()) if target_mask.any() else labels.shape[1] - 1
+        c = labels.shape[1] - first  # completion positions kept
+        out = self.lm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+                      logits_to_keep=c + 1)
+        logits = out.logits[:, :-1].float() / temperature  # (B, c, V): position t predicts token t + 1
+        targets = labels[:, -c:]  # (B, c)
+        mask = targets != _IGNORE
+        logps = torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (B, c)
+        return logps * mask, mask
+
+    @torch.no_grad()
+    def generate_ids(
+        self,
+        prompts: Sequence[str],
+        fused: FusedTokensLike | None = None,
+        max_new_tokens: int = 128,
+        do_sample: bool = False,
+        **generate_kwargs,
+    ) -> list[list[int]]:
+        """Like `generate`, but the new token ids of each sequence (padding and what follows EOS removed;
+        the EOS itself kept, so a completion that stopped says so)."""
+        inputs_embeds, attention_mask = self.build_inputs(prompts, fused)
+        kwargs = {
+            "pad_token_id": self.tokenizer.pad_token_id,
+            "eos_token_id": self.tokenizer.eos_token_id,
+            "suppress_tokens": list(self.placeholder_ids.values()),
+        }
+        kwargs.update(generate_kwargs)
+        new_ids = self.lm.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                   max_new_tokens=max_new_tokens, do_sample=do_sample, **kwargs)
+        eos = self.tokenizer.eos_token_id
+        out: list[list[int]] = []
+        for row in new_ids.tolist():
+            ids: list[int] = []
+            for t in row:
+                ids.append(t)
+                if t == eos:
+                    break
+            out.append(ids)
+        return out
 
     @torch.no_grad()
     def generate(
