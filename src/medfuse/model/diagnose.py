@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from medfuse.formats import parse_boxes, parse_think
+from medfuse.formats import format_box, parse_boxes, parse_think
 from medfuse.knowledge.panel import Panel
 from medfuse.model.faithfulness import ReasoningCheck, check_reasoning, evidence_in_case
 from medfuse.record.case import MODALITIES, PatientCase
@@ -133,7 +133,8 @@ _TEXT = {
         "task": ("Reason step by step inside <think></think>, citing only the values above, then give every disease "
                  "the patient has from the candidates, separated by ';', inside <answer></answer>; write "
                  "<answer>none</answer> if none applies."),
-        "boxes": "Locate each image finding as <ref>label</ref><box>[[x1, y1, x2, y2]]</box> with integers 0-999.",
+        "located": "Image findings located by the image encoder",
+        "none_located": "Image findings located by the image encoder: none",
         "no_data": "No clinical data recorded.",
     },
     "zh": {
@@ -146,7 +147,8 @@ _TEXT = {
         "candidates": "候选疾病",
         "task": ("请先在 <think></think> 中逐步推理，只引用上面的数值，然后在 <answer></answer> 中列出患者所患的全部候选疾病，"
                  "用 ';' 分隔；若都不符合，请写 <answer>none</answer>。"),
-        "boxes": "请按 <ref>标签</ref><box>[[x1, y1, x2, y2]]</box> 给出影像所见的位置，坐标为 0-999 的整数。",
+        "located": "影像编码器定位的影像所见",
+        "none_located": "影像编码器定位的影像所见: 无",
         "no_data": "无临床数据。",
     },
 }
@@ -157,13 +159,16 @@ PLACEHOLDERS = {"cxr": "<cxr>", "ecg": "<ecg>", "labs": "<labs>", "vitals": "<vi
 
 
 def build_prompt(case: PatientCase, evidence: list[Evidence], panel: Panel, lang: str = "en",
-                 token_groups: Sequence[str] = ()) -> tuple[str, str]:
+                 token_groups: Sequence[str] = (),
+                 findings: Sequence[tuple[str, Sequence[Sequence[int]]]] | None = None) -> tuple[str, str]:
     """(system, user) messages for one case.
 
     `token_groups` are the fused-token groups present for this case (modalities, plus
     "clues"); each gets its placeholder, which the language model replaces by that
     group's projected tokens. Evidence is cited as 'item value unit (reading) [source]',
-    the form the faithfulness check reads back.
+    the form the faithfulness check reads back. `findings` are the image findings the
+    finding head located, (label, boxes) on the 0-999 grid (at training time: the labelled
+    ones); with an image and `findings=None` (an untrained head) the line is left out.
     """
     t = _TEXT[lang]
     lines: list[str] = []
@@ -178,9 +183,10 @@ def build_prompt(case: PatientCase, evidence: list[Evidence], panel: Panel, lang
     if not cited and not case.notes and not groups:
         lines.append(t["no_data"])
     lines.append(f"{t['candidates']}: " + "; ".join(d.display(lang) for d in panel))
+    if case.cxr and findings is not None:
+        located = "; ".join(format_box(label, boxes) for label, boxes in findings)
+        lines.append(f"{t['located']}: {located}" if located else t["none_located"])
     lines.append(t["task"])
-    if case.cxr:
-        lines.append(t["boxes"])
     return t["system"], "\n\n".join(lines)
 
 
@@ -214,9 +220,15 @@ def _entry(ev: Evidence) -> EvidenceEntry:
                          source=ev.source)
 
 
-def _findings(text: str, case: PatientCase) -> tuple[list[FindingEntry], list[str]]:
-    """Valid boxes from the generated text, and a reason for each box that was dropped."""
-    kept: list[FindingEntry] = []
+def _findings(text: str, case: PatientCase, located: Sequence[tuple[str, list[int]]] = ()) -> tuple[list[FindingEntry], list[str]]:
+    """The finding head's boxes (`located`), then the valid boxes of the generated text for
+    labels the head did not report, and a reason for each box that was dropped.
+
+    The finding head localises on the image patches; the language model only sees pooled
+    image tokens, so where the two name the same finding the head's box is kept.
+    """
+    kept: list[FindingEntry] = [FindingEntry(label=label, box=list(box)) for label, box in located]
+    by_head = {f.label for f in kept}
     dropped: list[str] = []
     for label, boxes in parse_boxes(text):
         label = " ".join(label.split())
@@ -227,9 +239,19 @@ def _findings(text: str, case: PatientCase) -> tuple[list[FindingEntry], list[st
                 dropped.append("a box without a label")
             elif not all(0 <= v <= 999 for v in box) or box[2] < box[0] or box[3] < box[1]:
                 dropped.append(f"{label}: box {box} is not a valid 0-999 box")
+            elif label in by_head:
+                dropped.append(f"{label}: the finding head's box is reported instead of the generated {box}")
             elif not any(f.label == label and f.box == box for f in kept):
                 kept.append(FindingEntry(label=label, box=box))
     return kept, dropped
+
+
+def _grouped(found: Sequence[tuple[str, list[int]]]) -> list[tuple[str, list[list[int]]]]:
+    """[(label, box)] -> [(label, [boxes])] in first-seen order (bilateral findings: one entry)."""
+    out: dict[str, list[list[int]]] = {}
+    for label, box in found:
+        out.setdefault(label, []).append(list(box))
+    return list(out.items())
 
 
 def _reasoning_source(text: str) -> str:
@@ -290,7 +312,9 @@ def diagnose_many(model: MedFuse, cases: Sequence[PatientCase], lang: Literal["e
     panel = model.panel
     evidence = list(evidence) if evidence is not None else [interpret_case(c) for c in cases]
     fused = model.fuse(cases)
-    prompts = [build_prompt(case, ev, panel, lang, token_groups=fused.token_groups[i])
+    located = model.card.get("findings_trained")
+    prompts = [build_prompt(case, ev, panel, lang, token_groups=fused.token_groups[i],
+                            findings=_grouped(fused.findings[i]) if located else None)
                for i, (case, ev) in enumerate(zip(cases, evidence, strict=True))]
     texts = model.generate(prompts, fused, max_new_tokens=max_new_tokens, **(generate_kwargs or {}))
     out: list[Diagnosed] = []
@@ -304,7 +328,7 @@ def diagnose_many(model: MedFuse, cases: Sequence[PatientCase], lang: Literal["e
             diagnoses.append(DiagnosisEntry(name=d.display(lang), icd10=d.icd10[0] if d.icd10 else None,
                                             probability=round(p, 4), present=bool(p >= fused.thresholds[j])))
         kept_evidence, n_bad = _checked_evidence(case, evidence[i])
-        findings, dropped_boxes = _findings(texts[i], case)
+        findings, dropped_boxes = _findings(texts[i], case, fused.findings[i])
         check = check_reasoning(_reasoning_source(texts[i]), case, evidence[i], panel)
         reasoning = check.text
         if check.dropped:
