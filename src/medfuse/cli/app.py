@@ -29,6 +29,8 @@ def _register() -> None:
         interpret_cmd,
         show_cmd,
         synth_cmd,
+        tasks_cmd,
+        train_cmd,
     )
 
 

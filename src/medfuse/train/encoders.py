@@ -1,0 +1,326 @@
+"""Stage 1, `medfuse train encoders`: the fusion model (encoders, fusion, clues, disease head).
+
+Objective per batch (`EncoderObjective.forward`):
+- the fusion model's own loss: disease BCE + per-modality auxiliary BCE (the clue scores) +
+  the gate balance penalty (`FusionModel.loss`);
+- InfoNCE (TRRG, CLIP-style, symmetric) between the mean image token and the report's
+  FINDINGS text, and between the mean ECG token and the ECG reading's text; texts are
+  all-MiniLM-L6-v2 embeddings (frozen), each side projected to a shared 128-d space by a
+  training-only linear map; cases without the text or the signal are left out;
+- per-finding presence BCE + L1 + GIoU box regression on the image patches (`findings.py`).
+Afterwards the disease head is temperature-scaled and thresholded (F1-max) on the
+validation split, and the checkpoint's model card gets the validation metrics.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medfuse.model.inputs import NOTES_DIM, collate, embed_texts, featurize_many
+from medfuse.record.case import MODALITIES, PatientCase
+from medfuse.train.common import (
+    METRICS_FILE,
+    MetricsLog,
+    ResumableState,
+    Throughput,
+    check_output,
+    epoch_batches,
+    lr_factor,
+    make_accelerator,
+    seed_everything,
+    split_cases,
+)
+from medfuse.train.config import EncodersConfig
+
+CONTRAST_DIM = 128
+
+
+def report_findings_text(case: PatientCase) -> str | None:
+    """The FINDINGS section of the case's reference report (the image's own description)."""
+    report = case.labels.report if case.labels is not None else None
+    if not report:
+        return None
+    text = report.split("IMPRESSION:")[0].replace("FINDINGS:", "").strip()
+    return text or None
+
+
+def ecg_reading_text(case: PatientCase) -> str | None:
+    """The ECG reader's statements as one text (rhythm, rate, abnormal measurements)."""
+    if case.ecg is None or case.ecg.signal is None:
+        return None
+    from medfuse.interpret.ecg import ecg_evidence, interpret_ecg
+
+    sex = case.demographics.sex if case.demographics else None
+    items = ecg_evidence(interpret_ecg(case.ecg, sex=sex))
+    parts = [f"{e.item} {e.interpretation}" for e in items if e.abnormal or e.item == "rhythm"]
+    return "; ".join(parts) if parts else None
+
+
+@dataclass
+class EncoderData:
+    """Featurized cases + finding targets + contrastive text embeddings, held in memory."""
+
+    items: list[dict[str, torch.Tensor]]
+
+    @classmethod
+    def build(cls, cases: list[PatientCase], model, with_texts: bool) -> EncoderData:
+        from medfuse.model.findings import finding_targets
+
+        items = featurize_many(cases, model.config, model.stats, model.panel)
+        labels = model.config.finding_labels
+        for case, item in zip(cases, items, strict=True):
+            presence, boxes = finding_targets(case, labels)
+            item["finding_presence"] = torch.from_numpy(presence)  # (Q,)
+            item["finding_boxes"] = torch.from_numpy(boxes)  # (Q, 4)
+            if "labels" not in item:
+                item["labels"] = torch.zeros(len(model.panel))
+        if with_texts:
+            for key, fn in (("report", report_findings_text), ("ecg_text", ecg_reading_text)):
+                texts = [fn(c) for c in cases]
+                have = [i for i, t in enumerate(texts) if t]
+                emb = embed_texts([texts[i] for i in have]) if have else np.zeros((0, NOTES_DIM), np.float32)
+                full = np.zeros((len(cases), NOTES_DIM), dtype=np.float32)
+                full[have] = emb
+                for i, item in enumerate(items):
+                    item[f"{key}_emb"] = torch.from_numpy(full[i])  # (384,)
+                    item[f"has_{key}"] = torch.tensor(i in set(have))
+        return cls(items)
+
+    def batch(self, idx) -> dict[str, torch.Tensor]:
+        return collate([self.items[int(i)] for i in idx])
+
+
+def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric InfoNCE of matching rows of a (n, c) and b (n, c) (CLIP's loss); 0 for n < 2."""
+    if a.shape[0] < 2:
+        return a.sum() * 0
+    a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+    logits = a @ b.T / temperature  # (n, n)
+    target = torch.arange(a.shape[0], device=a.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+class EncoderObjective(nn.Module):
+    """The fusion model + training-only contrastive projections; forward(batch) -> losses."""
+
+    def __init__(self, fusion: nn.Module, cfg: EncodersConfig):
+        super().__init__()
+        self.fusion = fusion
+        self.cfg = cfg
+        d = fusion.config.d_model
+        self.image_proj = nn.Linear(d, CONTRAST_DIM)
+        self.ecg_proj = nn.Linear(d, CONTRAST_DIM)
+        self.text_proj = nn.Linear(NOTES_DIM, CONTRAST_DIM)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        from medfuse.model.findings import finding_loss
+
+        out = self.fusion(batch)
+        losses = {"fusion": self.fusion.loss(batch, out)}
+        present = batch["present"]  # (B, M)
+        if self.cfg.contrastive_weight > 0 and "report_emb" in batch:
+            rows = present[:, MODALITIES.index("cxr")] & batch["has_report"]
+            losses["image_text"] = info_nce(self.image_proj(out.cxr_summary[rows]),
+                                            self.text_proj(batch["report_emb"][rows]), self.cfg.contrastive_temperature)
+            rows = present[:, MODALITIES.index("ecg")] & batch["has_ecg_text"]
+            losses["ecg_text"] = info_nce(self.ecg_proj(out.ecg_summary[rows]),
+                                          self.text_proj(batch["ecg_text_emb"][rows]), self.cfg.contrastive_temperature)
+        if self.cfg.finding_weight > 0 and out.finding_logits is not None:
+            losses["findings"] = finding_loss(out.finding_logits, out.finding_boxes, batch["finding_presence"],
+                                              batch["finding_boxes"], present[:, MODALITIES.index("cxr")])
+        total = losses["fusion"]
+        total = total + self.cfg.contrastive_weight * (losses.get("image_text", 0) + losses.get("ecg_text", 0))
+        total = total + self.cfg.finding_weight * losses.get("findings", 0)
+        losses["loss"] = total
+        return losses
+
+
+@torch.no_grad()
+def predict(fusion: nn.Module, data: EncoderData, batch_size: int = 64) -> dict[str, np.ndarray]:
+    """Disease logits (n, D), labels (n, D), finding probabilities (n, Q) and boxes (n, Q, 4)."""
+    fusion.eval()
+    logits, labels, fprob, fbox, has_cxr = [], [], [], [], []
+    n = len(data.items)
+    for start in range(0, n, batch_size):
+        b = data.batch(range(start, min(n, start + batch_size)))
+        out = fusion(b)
+        logits.append(out.disease_logits.float().numpy())
+        labels.append(b["labels"].numpy())
+        has_cxr.append(b["present"][:, MODALITIES.index("cxr")].numpy())
+        if out.finding_logits is not None:
+            fprob.append(torch.sigmoid(out.finding_logits).numpy())
+            fbox.append(out.finding_boxes.numpy())
+    res = {"logits": np.concatenate(logits), "labels": np.concatenate(labels), "has_cxr": np.concatenate(has_cxr)}
+    if fprob:
+        res["finding_prob"], res["finding_boxes"] = np.concatenate(fprob), np.concatenate(fbox)
+    return res
+
+
+def finding_metrics(cases: list[PatientCase], pred: dict[str, np.ndarray], labels: list[str],
+                    threshold: float) -> dict[str, Any] | None:
+    """Grounding metrics (Acc@IoU, mean IoU, Hungarian P/R/F1) over (image, finding label) pairs."""
+    from medfuse.eval.metrics.grounding import grounding_metrics
+    from medfuse.model.findings import decode_findings
+
+    if "finding_prob" not in pred:
+        return None
+    preds, golds = [], []
+    for i, case in enumerate(cases):
+        if not pred["has_cxr"][i]:
+            continue
+        found = decode_findings(pred["finding_prob"][i], pred["finding_boxes"][i], labels, threshold)
+        gold = {f.label: f.boxes for f in (case.labels.findings if case.labels else []) if f.image_index == 0}
+        for label in labels:
+            g = gold.get(label, [])
+            p = [box for lab, box in found if lab == label]
+            if g or p:
+                preds.append(p)
+                golds.append(g)
+    if not golds:
+        return None
+    m = grounding_metrics(preds, golds)
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()}
+
+
+def diagnosis_metrics(head, pred: dict[str, np.ndarray], names: list[str]) -> dict[str, Any]:
+    from medfuse.eval.metrics.classification import multilabel_metrics
+
+    probs = head.predict_proba(pred["logits"])
+    y_pred = (probs >= np.asarray(head.thresholds)[None, :]).astype(int)
+    m = multilabel_metrics(pred["labels"].astype(int), y_pred, probs, names)
+    keep = ("jaccard", "micro_f1", "macro_f1", "macro_auroc", "ece", "n_samples")
+    return {k: (round(float(m[k]), 4) if isinstance(m.get(k), float) else m.get(k)) for k in keep}
+
+
+def calibrate(model, val_cases: list[PatientCase], val: EncoderData | None = None) -> dict[str, Any]:
+    """Fit the disease head's temperature and F1-max thresholds on validation cases; their metrics.
+
+    Returns {"diagnosis": jaccard, micro/macro F1, macro AUROC, ECE at the fitted
+    thresholds (on the same cases: an optimistic estimate, the held-out test is separate),
+    "findings": grounding metrics of the finding head or None}.
+    """
+    val = val or EncoderData.build(val_cases, model, with_texts=False)
+    pred = predict(model.fusion, val)
+    model.head.fit_temperature(pred["logits"], pred["labels"])
+    model.head.fit_thresholds(model.head.predict_proba(pred["logits"]), pred["labels"])
+    findings = (finding_metrics(val_cases, pred, model.config.finding_labels, model.config.finding_threshold)
+                if model.card.get("findings_trained") else None)
+    return {"diagnosis": diagnosis_metrics(model.head, pred, model.panel.keys), "findings": findings}
+
+
+def calibrate_on_validation(model, cohort: str, split_seed: int, limit: int | None = None) -> dict[str, Any]:
+    """`calibrate` on the cohort's validation split."""
+    return calibrate(model, split_cases(cohort, "val", limit, split_seed))
+
+
+def train_encoders(cfg: EncodersConfig, command: str | None = None) -> dict[str, Any]:
+    """Run the stage; returns a summary (steps, seconds, validation metrics, checkpoint path)."""
+    from medfuse.model.config import ModelConfig
+    from medfuse.model.inputs import FeatureStats
+    from medfuse.model.medfuse import MedFuse
+
+    out = check_output(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    train_cases = split_cases(cfg.cohort, "train", cfg.limit, cfg.split_seed)
+    val_cases = split_cases(cfg.cohort, "val", None if cfg.limit is None else max(8, cfg.limit // 4), cfg.split_seed)
+    if not train_cases or not val_cases:
+        from medfuse.errors import InputError
+
+        raise InputError(cfg.cohort, f"too few cases for a train/val split ({len(train_cases)} train, {len(val_cases)} val)")
+    if cfg.init:
+        model = MedFuse.load(cfg.init)
+    else:
+        stats = FeatureStats.fit(train_cases)  # training split only
+        model = MedFuse.build(ModelConfig.from_dict(cfg.model, origin=f"{cfg.cohort}: model"), stats=stats,
+                              tiny_llm=cfg.tiny_llm)
+    start = time.perf_counter()
+    with_texts = cfg.contrastive_weight > 0
+    train = EncoderData.build(train_cases, model, with_texts)
+    val = EncoderData.build(val_cases, model, with_texts=False)
+    prep_s = time.perf_counter() - start
+
+    objective = EncoderObjective(model.fusion, cfg)
+    optimizer = torch.optim.AdamW([p for p in objective.parameters() if p.requires_grad], lr=cfg.lr,
+                                  weight_decay=cfg.weight_decay)
+    steps_per_epoch = -(-len(train.items) // cfg.batch_size)
+    total = min(cfg.max_steps or 10**12, steps_per_epoch * cfg.epochs)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.warmup_steps, total))
+    accelerator = make_accelerator()
+    objective, optimizer = accelerator.prepare(objective, optimizer)
+    state = ResumableState(cfg)
+    step = 0
+    if state.exists():
+        step, _ = state.load(accelerator.unwrap_model(objective), optimizer, scheduler)
+    log = MetricsLog(out.with_name(f".{out.name}.{METRICS_FILE}"), "encoders")
+    rng = np.random.default_rng(cfg.seed)
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, initial=step, disable=cfg.quiet, desc="train encoders", unit="step")
+    speed = Throughput()
+    done = 0
+    train_start = time.perf_counter()
+    for _epoch in range(cfg.epochs):
+        for idx in epoch_batches(len(train.items), cfg.batch_size, rng):
+            if done < step:  # resumed: replay the data order up to the saved step
+                done += 1
+                continue
+            if step >= total:
+                break
+            objective.train()
+            batch = {k: v.to(accelerator.device) for k, v in train.batch(idx).items()}
+            losses = objective(batch)
+            optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(losses["loss"])
+            if cfg.grad_clip:
+                accelerator.clip_grad_norm_(objective.parameters(), cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            done += 1
+            speed.add(len(idx))
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(losses['loss'].detach()):.3f}")
+            if step % cfg.log_every == 0 or step == total:
+                log.log(step, lr=scheduler.get_last_lr()[0], cases_per_s=speed.rate(),
+                        **{k: round(float(v.detach()), 5) for k, v in losses.items() if torch.is_tensor(v)})
+            if step % cfg.save_every == 0 and step < total:
+                state.save(step, accelerator.unwrap_model(objective), optimizer, scheduler)
+    bar.close()
+    train_s = time.perf_counter() - train_start
+
+    # ---- calibration on the validation split
+    model.fusion = accelerator.unwrap_model(objective).fusion
+    model.card["findings_trained"] = cfg.finding_weight > 0 and model.config.fusion != "early"
+    val_metrics = calibrate(model, val_cases, val)
+    log.log(step, **{"val_" + k: v for k, v in val_metrics["diagnosis"].items()})
+    model.card.update({
+        "trained": True,
+        "training_data": f"{len(train_cases)} training / {len(val_cases)} validation cases of cohort "
+                         f"'{out_name(cfg.cohort)}' (patient-level split, seed {cfg.split_seed})",
+        "stages": [*model.card.get("stages", []), {"stage": "encoders", "steps": step, "seconds": round(train_s, 1),
+                                                   "command": command, "config": cfg.to_dict(),
+                                                   "validation": val_metrics}],
+    })
+    model.save(out, overwrite=True)
+    log.close()
+    metrics_src = out.with_name(f".{out.name}.{METRICS_FILE}")
+    metrics_src.replace(out / METRICS_FILE) if metrics_src.exists() else None
+    state.clear()
+    return {"stage": "encoders", "steps": step, "train_cases": len(train_cases), "val_cases": len(val_cases),
+            "prepare_s": round(prep_s, 1), "train_s": round(train_s, 1), "validation": val_metrics, "out": str(out)}
+
+
+def out_name(path: str) -> str:
+    """A folder's own name (never a full path: it may hold a user name or site)."""
+    from pathlib import Path
+
+    return Path(path).resolve().name
