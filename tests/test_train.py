@@ -223,3 +223,27 @@ def test_grpo_runs_groups_logs_rewards_and_compares_with_its_start(cohort, tasks
     lora = lambda m: {k: v for k, v in m.lm.lm.state_dict().items() if "lora_" in k}  # noqa: E731
     assert any(not torch.equal(v, lora(after)[k]) for k, v in lora(before).items()), "GRPO updated the adapter"
     assert all(torch.equal(p, q) for p, q in zip(before.fusion.parameters(), after.fusion.parameters()))
+
+
+def test_evaluate_reports_diagnosis_single_modality_grounding_and_answers(cohort, sft_ckpt, tmp_path, capsys):
+    from medfuse.record.store import iter_cohort
+    from medfuse.train.evaluate import evaluate_checkpoint, only_modality
+
+    model = MedFuse.load(sft_ckpt[0])
+    result = evaluate_checkpoint(model, cohort, lm_samples=2, limit=30)
+    assert result["n_cases"] == 30 and result["diagnosis"]["n_samples"] == 30
+    assert set(result["single_modality"]) <= set(MODALITIES) and result["single_modality"]
+    best = result["best_single_modality"]
+    assert result["fusion_margin_macro_f1"] == pytest.approx(
+        result["diagnosis"]["macro_f1"] - result["single_modality"][best]["macro_f1"], abs=1e-3)
+    assert result["grounding"] is None or "acc_iou_0.5" in result["grounding"]
+    assert result["answers"]["n"] == 2 and 0 <= result["answers"]["mean_jaccard"] <= 1
+    case = next(c for c in iter_cohort(cohort) if {"ecg", "labs"} <= set(c.modalities()))
+    assert only_modality(case, "ecg").modalities() == ["ecg"]
+    # CLI: --write stores the result in the model card.
+    ckpt = tmp_path / "ckpt"
+    model.save(ckpt)
+    assert main(["model", "evaluate", str(ckpt), "--cohort", str(cohort), "--limit", "20", "--write"]) == 0
+    assert json.loads(capsys.readouterr().out)["n_cases"] == 20
+    assert MedFuse.load(ckpt).card["evaluation"]["n_cases"] == 20
+    assert main(["model", "evaluate", str(ckpt), "--cohort", str(tmp_path / "nope")]) == 2

@@ -87,3 +87,32 @@ def _run(stage: str, cfg: StageConfig) -> None:
 
 for _stage, _cls in STAGES.items():
     train_app.command(_stage, help=(_cls.__doc__ or "").strip().splitlines()[0])(_make_command(_stage, _cls))
+
+
+def _register_evaluate() -> None:
+    from medfuse.cli.diagnose_cmd import model_app
+
+    @model_app.command("evaluate")
+    def model_evaluate_cmd(
+        checkpoint: Path = typer.Argument(..., help="Checkpoint folder."),
+        cohort: Path = typer.Option(..., "--cohort", help="Held-out labelled cohort (a fresh synthetic seed)."),
+        lm_samples: int = typer.Option(0, "--lm-samples", min=0, help="Diagnosis prompts answered by the LM (slow on CPU)."),
+        limit: int | None = typer.Option(None, "--limit", min=1, help="Evaluate on the first N cases only."),
+        write: bool = typer.Option(False, "--write", help="Store the result as the model card's `evaluation`."),
+    ) -> None:
+        """Score a checkpoint on a held-out cohort (diagnosis, single-modality inputs, grounding, LM answers)."""
+        from medfuse.cli.diagnose_cmd import _quiet_transformers
+        from medfuse.model.medfuse import MedFuse
+        from medfuse.train.evaluate import evaluate_checkpoint
+
+        _quiet_transformers()
+        model = MedFuse.load(checkpoint)
+        result = evaluate_checkpoint(model, cohort, lm_samples=lm_samples, limit=limit)
+        result["command"] = "medfuse " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["model"] else None
+        if write:
+            model.card["evaluation"] = result
+            model.save(checkpoint, overwrite=True)
+        print(json.dumps(result, ensure_ascii=False, indent=2))
+
+
+_register_evaluate()

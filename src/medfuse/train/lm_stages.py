@@ -72,41 +72,58 @@ def _messages(row: dict[str, Any]) -> tuple[str | None, str, str] | None:
 
 
 class TaskData:
-    """Samples of the training (or validation) split and the fused inputs of their cases.
+    """Samples of one split ("train", "val", "test" or "all") and the fused inputs of their cases.
 
-    Cases are read and featurized once each (`features`), however many samples they have.
+    With `cfg.tasks` the rows come from that instruction dataset; without, they are built
+    now from the cohort (`medfuse.tasks.build_case_samples`), case by case in a seeded
+    order until `limit` samples are reached, so a quick run interprets only the cases it
+    uses. Cases are read and featurized once each, however many samples they have.
     """
 
     def __init__(self, cfg: LMStageConfig, split: str, task_types: tuple[str, ...], model, limit: int | None):
+        from medfuse.model.inputs import featurize_many
         from medfuse.record.store import patient_split, read_case, read_index
 
         cohort = Path(cfg.cohort)
+        if not cohort.is_dir():
+            raise InputError(cohort, "no such cohort folder")
         index = patient_split(read_index(cohort), seed=cfg.split_seed)
-        wanted = dict(zip(index["case_id"], index["folder"], strict=True)) if "case_id" in index else {}
-        in_split = set(index.loc[index["split"] == split, "case_id"]) if "case_id" in index else set()
-        rows = load_task_rows(cfg, cohort)
+        folders = dict(zip(index["case_id"], index["folder"], strict=True))
+        in_split = set(index["case_id"] if split == "all" else index.loc[index["split"] == split, "case_id"])
         rng = np.random.default_rng(cfg.seed + (0 if split == "train" else 1))
+        langs = tuple(cfg.langs)
+        self._cases: dict[str, PatientCase] = {}
         samples: list[Sample] = []
-        for row in rows:
-            if row["case_id"] not in in_split or row["task"] not in task_types or row["lang"] not in cfg.langs:
-                continue
-            parts = _messages(row)
-            if parts is None:
-                continue
-            samples.append(Sample(row["case_id"], row["task"], row["lang"], parts[0], parts[1], parts[2],
-                                  list(row.get("answer_diseases") or []), row.get("gold_boxes") or "[]"))
-        order = rng.permutation(len(samples))
-        samples = [samples[i] for i in order]
-        if limit is not None:
-            samples = samples[:limit]
+        if cfg.tasks:
+            for row in load_task_rows(cfg):
+                if row["case_id"] in in_split and row["task"] in task_types and row["lang"] in langs:
+                    samples.extend(_sample(row))
+            order = rng.permutation(len(samples))
+            samples = [samples[i] for i in order][:limit]
+        else:
+            from medfuse.interpret.case import interpret_case
+            from medfuse.tasks.build import build_case_samples
+
+            ids = sorted(in_split)
+            for i in rng.permutation(len(ids)):
+                case = read_case(cohort / folders[ids[i]])
+                rows = build_case_samples(case, interpret_case(case), case_dir=folders[ids[i]], panel=model.panel,
+                                          langs=langs, seed=cfg.seed,
+                                          tasks=[t for t in task_types if t != "qa"])
+                new = [x for row in rows for x in _sample(row)]
+                if new:
+                    self._cases[case.case_id] = case
+                    samples.extend(new)
+                if limit is not None and len(samples) >= limit:
+                    break
+            order = rng.permutation(len(samples))
+            samples = [samples[i] for i in order][:limit]
         self.samples = samples
         self.model = model
-        self._cases: dict[str, PatientCase] = {}
-        for cid in sorted({s.case_id for s in samples}):
-            self._cases[cid] = read_case(cohort / wanted[cid])
-        cases = list(self._cases.values())
-        from medfuse.model.inputs import featurize_many
-
+        for cid in sorted({s.case_id for s in samples} - set(self._cases)):
+            self._cases[cid] = read_case(cohort / folders[cid])
+        used = {s.case_id for s in samples}
+        cases = [c for cid, c in sorted(self._cases.items()) if cid in used]
         items = featurize_many(cases, model.config, model.stats, model.panel) if cases else []
         self.features = {c.case_id: it for c, it in zip(cases, items, strict=True)}
 
@@ -126,22 +143,26 @@ class TaskData:
         return chosen, collate(items)
 
 
-def load_task_rows(cfg: LMStageConfig, cohort: Path) -> list[dict[str, Any]]:
-    """Rows of the instruction dataset at `cfg.tasks`, or built now from the cohort."""
-    if cfg.tasks:
-        from datasets import load_from_disk
+def _sample(row: dict[str, Any]) -> list[Sample]:
+    parts = _messages(row)
+    if parts is None:
+        return []
+    return [Sample(row["case_id"], row["task"], row["lang"], parts[0], parts[1], parts[2],
+                   list(row.get("answer_diseases") or []), row.get("gold_boxes") or "[]")]
 
-        path = Path(cfg.tasks)
-        if not path.is_dir():
-            raise InputError(path, "no such instruction dataset folder (medfuse tasks build writes one)")
-        try:
-            ds = load_from_disk(str(path))
-        except (FileNotFoundError, ValueError, OSError) as e:
-            raise InputError(path, f"not a saved dataset ({e.__class__.__name__})") from None
-        return [dict(r) for r in ds]
-    from medfuse.tasks.build import build_tasks
 
-    return [dict(r) for r in build_tasks(cohort, langs=tuple(cfg.langs), seed=cfg.seed)]
+def load_task_rows(cfg: LMStageConfig) -> list[dict[str, Any]]:
+    """Rows of the instruction dataset at `cfg.tasks`."""
+    from datasets import load_from_disk
+
+    path = Path(cfg.tasks)
+    if not path.is_dir():
+        raise InputError(path, "no such instruction dataset folder (medfuse tasks build writes one)")
+    try:
+        ds = load_from_disk(str(path))
+    except (FileNotFoundError, ValueError, OSError) as e:
+        raise InputError(path, f"not a saved dataset ({e.__class__.__name__})") from None
+    return [dict(r) for r in ds]
 
 
 def truncate_target(tokenizer, text: str, max_tokens: int) -> str:

@@ -1,0 +1,150 @@
+"""Held-out evaluation of a checkpoint on a cohort: `medfuse model evaluate CKPT --cohort DIR`.
+
+What the model card's `evaluation` reports (issue 5's quality targets), all on the given
+cohort (use a fresh synthetic seed, never the training cohort):
+- `diagnosis`: the disease head at its stored thresholds over every case — per-sample
+  Jaccard, micro/macro F1, macro AUROC, ECE (`medfuse.eval.metrics.classification`). A
+  disease `diagnose` declines for insufficient data counts as predicted absent.
+- `single_modality`: the same model given ONE modality of each case (the others removed),
+  for each modality; `fusion_margin` = all-modality macro-F1 minus the best of these. This
+  is the fused model read through one modality, not a model trained on one modality: see
+  `benchmarks/bench_fusion.py` for separately trained strategies.
+- `grounding`: the finding head on the cases with an image, over (image, finding label)
+  pairs: Acc@IoU 0.25/0.5/0.75, mean IoU, Hungarian precision/recall/F1.
+- `answers`: the language model's own `<answer>` on `lm_samples` diagnosis prompts
+  (greedy): Jaccard, format rate, and the share of numbers in its reasoning that the
+  faithfulness check finds in the case (`lm_eval.evaluate_answers`).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medfuse.errors import InputError
+from medfuse.record.case import MODALITIES, PatientCase
+
+_DROP = {"cxr": {"cxr": []}, "ecg": {"ecg": None}, "labs": {"labs": []}, "vitals": {"vitals": []},
+         "notes": {"notes": []}, "genomics": {"genomics": []}}
+
+
+def only_modality(case: PatientCase, keep: str) -> PatientCase | None:
+    """The case with every modality but `keep` removed (None when it lacks `keep`)."""
+    if keep not in case.modalities():
+        return None
+    update: dict[str, Any] = {}
+    for m in MODALITIES:
+        if m != keep:
+            update.update(_DROP[m])
+    return case.model_copy(update=update)
+
+
+def _head_predictions(model, cases: list[PatientCase], batch_size: int) -> tuple[np.ndarray, np.ndarray, list]:
+    """(probabilities (n, D), predictions (n, D), findings per case) from fusion passes."""
+    from medfuse.model.diagnose import insufficient_diseases
+
+    probs, preds, findings = [], [], []
+    keys = model.panel.keys
+    for start in range(0, len(cases), batch_size):
+        chunk = cases[start : start + batch_size]
+        fused = model.fuse(chunk)
+        p = fused.probabilities
+        y = (p >= fused.thresholds[None, :]).astype(int)
+        for i, case in enumerate(chunk):
+            for key in insufficient_diseases(case, model.panel):
+                y[i, keys.index(key)] = 0
+        probs.append(p)
+        preds.append(y)
+        findings.extend(fused.findings)
+    return np.concatenate(probs), np.concatenate(preds), findings
+
+
+def _labels(model, cases: list[PatientCase]) -> np.ndarray:
+    from medfuse.model.inputs import label_vector
+
+    rows = [label_vector(c, model.panel) for c in cases]
+    if any(r is None for r in rows):
+        raise InputError(None, "every evaluation case needs labels (ground-truth diagnoses)")
+    return np.stack(rows).astype(int)
+
+
+def _metrics(y: np.ndarray, pred: np.ndarray, probs: np.ndarray, names: list[str]) -> dict[str, Any]:
+    from medfuse.eval.metrics.classification import multilabel_metrics
+
+    m = multilabel_metrics(y, pred, probs, names)
+    out = {k: (round(float(m[k]), 4) if isinstance(m.get(k), float) else m.get(k))
+           for k in ("jaccard", "micro_f1", "macro_f1", "macro_auroc", "ece", "n_samples")}
+    out["per_disease_f1"] = {n: round(float(v["f1"]), 4) for n, v in m["per_class"].items()}
+    return out
+
+
+def _grounding(model, cases: list[PatientCase], findings: list) -> dict[str, Any] | None:
+    from medfuse.eval.metrics.grounding import grounding_metrics
+
+    labels = model.config.finding_labels
+    preds, golds = [], []
+    for case, found in zip(cases, findings, strict=True):
+        if not case.cxr:
+            continue
+        gold = {f.label: f.boxes for f in (case.labels.findings if case.labels else []) if f.image_index == 0}
+        for label in labels:
+            g = gold.get(label, [])
+            p = [box for lab, box in found if lab == label]
+            if g or p:
+                preds.append(p)
+                golds.append(g)
+    if not golds:
+        return None
+    m = grounding_metrics(preds, golds)
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()}
+
+
+def evaluate_checkpoint(model, cohort: str | Path, lm_samples: int = 0, batch_size: int = 32,
+                        limit: int | None = None, progress: bool = False) -> dict[str, Any]:
+    """Run the evaluation above; returns the `evaluation` mapping of the model card."""
+    from medfuse.record.store import iter_cohort
+
+    cohort = Path(cohort)
+    if not cohort.is_dir():
+        raise InputError(cohort, "no such cohort folder")
+    start = time.perf_counter()
+    cases = list(iter_cohort(cohort))
+    if limit is not None:
+        cases = cases[:limit]
+    if not cases:
+        raise InputError(cohort, "the cohort has no cases")
+    model.eval()
+    names = [d.name for d in model.panel]
+    y = _labels(model, cases)
+    with torch.no_grad():
+        probs, pred, findings = _head_predictions(model, cases, batch_size)
+        result: dict[str, Any] = {"cohort": cohort.resolve().name, "n_cases": len(cases),
+                                  "diagnosis": _metrics(y, pred, probs, names)}
+        single: dict[str, Any] = {}
+        for m in MODALITIES:
+            idx = [i for i, c in enumerate(cases) if m in c.modalities()]
+            if len(idx) < 20 or m == "genomics":
+                continue  # too few cases to score (genomics: lung-cancer patients only)
+            restricted = [only_modality(cases[i], m) for i in idx]
+            p, yhat, _ = _head_predictions(model, restricted, batch_size)
+            single[m] = _metrics(y[idx], yhat, p, names)
+            single[m]["all_modalities_macro_f1_same_cases"] = _metrics(y[idx], pred[idx], probs[idx], names)["macro_f1"]
+    result["single_modality"] = single
+    if single:
+        best = max(single, key=lambda k: single[k]["macro_f1"])
+        result["best_single_modality"] = best
+        result["fusion_margin_macro_f1"] = round(result["diagnosis"]["macro_f1"] - single[best]["macro_f1"], 4)
+    result["grounding"] = _grounding(model, cases, findings) if model.card.get("findings_trained") else None
+    if lm_samples:
+        from types import SimpleNamespace
+
+        from medfuse.train.lm_eval import evaluate_answers
+
+        cfg = SimpleNamespace(cohort=str(cohort), tasks="", langs=["en", "zh"], seed=0, split_seed=0)
+        result["answers"] = evaluate_answers(model, cfg, lm_samples, split="all")
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    return result
