@@ -228,7 +228,10 @@ def test_cli_init_diagnose_json_and_batch(tmp_path, capsys, case, monkeypatch):
 
 
 def test_cli_without_a_checkpoint_is_one_line(tmp_path, capsys, monkeypatch):
+    from medfuse.cli import diagnose_cmd
+
     monkeypatch.delenv("MEDFUSE_MODEL", raising=False)
+    monkeypatch.setattr(diagnose_cmd, "shipped_checkpoint", lambda: tmp_path / "not-installed")
     write_case(labs_only(), tmp_path / "c")
     assert main(["diagnose", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err.strip()

@@ -10,8 +10,14 @@ from medfuse.cli.app import app
 
 
 @app.command("demo")
-def demo(out: Path = typer.Option(Path("demo_out"), help="Folder for the demo's outputs.")) -> None:
-    """Import the bundled sample case and print it (later stages extend this)."""
+def demo(
+    out: Path = typer.Option(Path("demo_out"), help="Folder for the demo's outputs."),
+    model: Path | None = typer.Option(None, "--model", help="Checkpoint to use (default: the shipped one)."),
+    n: int = typer.Option(24, "--n", min=1, help="Cases in the fresh synthetic cohort."),
+    seed: int = typer.Option(7, "--seed", min=0, help="Seed of the fresh cohort."),
+    max_new_tokens: int = typer.Option(96, "--max-new-tokens", min=1, help="Tokens of reasoning generated per case."),
+) -> None:
+    """Import the bundled samples, generate a fresh cohort, diagnose it, print one result, write summary.html."""
     from medfuse.demo import run_demo
 
-    run_demo(out)
+    run_demo(out, n_synth=n, seed=seed, model_path=model, max_new_tokens=max_new_tokens)

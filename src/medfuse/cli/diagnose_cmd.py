@@ -36,15 +36,25 @@ class NoModelError(MedfuseError):
     """No checkpoint was named and none is installed."""
 
 
+def shipped_checkpoint() -> Path:
+    """The checkpoint folder installed with the package (`medfuse/data/checkpoint`)."""
+    from importlib import resources
+
+    return Path(str(resources.files("medfuse").joinpath("data").joinpath("checkpoint")))
+
+
 def resolve_checkpoint(model: Path | None) -> Path:
-    """`--model`, else $MEDFUSE_MODEL, else the shipped checkpoint (none ships yet: issue 5)."""
+    """`--model`, else $MEDFUSE_MODEL, else the shipped checkpoint."""
     if model is not None:
         return model
     env = os.environ.get(MODEL_ENV)
     if env:
         return Path(env)
+    shipped = shipped_checkpoint()
+    if (shipped / "metadata.json").is_file():
+        return shipped
     raise NoModelError(
-        "no trained medfuse checkpoint is installed yet; pass --model CKPT "
+        "no trained medfuse checkpoint is installed; pass --model CKPT "
         "(to try the pipeline with random weights: medfuse model init --out CKPT --tiny)"
     )
 
