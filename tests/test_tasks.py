@@ -294,7 +294,9 @@ def test_a_case_gets_only_the_tasks_its_data_support(panel):
     (row,) = rows
     assert row["answer_diseases"] == ["acute_renal_failure"]
     text = _target(row)
-    assert has_valid_format(text) and "creatinine 3.2 mg/dL (high) [labs[0]]" in text
+    # The chain names the reading behind the answer (the prompt carries its value and source).
+    assert has_valid_format(text) and "acute renal failure: supported by Creatinine (high)" in text
+    assert "creatinine 3.2 mg/dL (high) [labs[0]]" in _user(row)
     assert parse_answer_set(text) == ["acute renal failure"]
     with pytest.raises(MedfuseError, match="unknown task 'ecg'"):
         build_case_samples(case, [], tasks=["ecg"])

@@ -47,6 +47,7 @@ from medfuse.record.case import MODALITIES, PatientCase
 __all__ = ["CHECKPOINT_FILES", "FusedBatch", "MedFuse", "panel_to_yaml"]
 
 FORMAT_VERSION = 1
+KEPT_ON_RESAVE = ("metrics.jsonl",)
 CHECKPOINT_FILES = ("config.yaml", "panel.yaml", "fusion.safetensors", "stats.json", "calibration.json", "metadata.json")
 
 INTENDED_USE = (
@@ -230,6 +231,9 @@ class MedFuse(nn.Module):
             _write_json(tmp / "calibration.json", self.head.to_dict())
             _write_json(tmp / "metadata.json", self.model_card())
             os.chmod(tmp, 0o755)  # mkdtemp makes 0700 folders
+            for keep in KEPT_ON_RESAVE:  # a re-saved checkpoint keeps its training log
+                if (path / keep).is_file() and not (tmp / keep).exists():
+                    shutil.copy2(path / keep, tmp / keep)
             if path.exists():
                 old = path.with_name(f".{path.name}.old")
                 shutil.rmtree(old, ignore_errors=True)

@@ -63,9 +63,10 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
 class MetricsLog:
     """Append-only JSON Lines metrics (+ TensorBoard / MLflow when they are installed and asked for)."""
 
-    def __init__(self, path: Path, stage: str):
+    def __init__(self, path: Path, stage: str, enabled: bool = True):
         self.path = path
         self.stage = stage
+        self.enabled = enabled  # False on the non-main processes of a data-parallel run
         path.parent.mkdir(parents=True, exist_ok=True)
         self._tb = None
         if os.environ.get("MEDFUSE_TENSORBOARD"):
@@ -85,6 +86,8 @@ class MetricsLog:
                 self._mlflow = None
 
     def log(self, step: int, **values: Any) -> None:
+        if not self.enabled:
+            return
         row = {"stage": self.stage, "step": step, "time": round(time.time(), 3), **values}
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(row, ensure_ascii=False, default=float) + "\n")
@@ -182,6 +185,12 @@ class Throughput:
         r = self.samples / dt if dt > 0 else 0.0
         self.start, self.samples = time.perf_counter(), 0
         return round(r, 2)
+
+
+def shard(idx: np.ndarray, accelerator) -> np.ndarray:
+    """This process's share of a batch (data parallel: each process takes every n-th sample)."""
+    n = accelerator.num_processes
+    return idx if n == 1 else idx[accelerator.process_index :: n]
 
 
 def make_accelerator():

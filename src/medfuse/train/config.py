@@ -192,6 +192,9 @@ class LMStageConfig(StageConfig):
         "Task types to train on (default: the stage's own: align = per-modality QA, sft = all)."))
     langs: list[str] = field(default_factory=lambda: ["en", "zh"], metadata=_help("Languages of the tasks to use."))
     max_samples: int | None = field(default=None, metadata=_help("Use at most N training samples (after shuffling)."))
+    task_weights: dict[str, float] = field(default_factory=dict, metadata=_help(
+        "Relative sampling weight per task type when max_samples picks a subset (default 1 each); "
+        "e.g. {diagnosis: 4} makes diagnosis samples four times as likely to be kept."))
     eval_samples: int = field(default=32, metadata=_help("Validation samples scored at the end (0: none)."))
     max_target_tokens: int = field(default=160, metadata=_help("Targets are cut to this many tokens."))
     epochs: int = field(default=1, metadata=_help("Passes over the training samples (max_steps stops earlier)."))

@@ -35,11 +35,13 @@ from medfuse.train.common import (
     lr_factor,
     make_accelerator,
     seed_everything,
+    shard,
     split_cases,
 )
 from medfuse.train.config import EncodersConfig
 
 CONTRAST_DIM = 128
+FINDING_THRESHOLDS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.7)
 
 
 def report_findings_text(case: PatientCase) -> str | None:
@@ -210,8 +212,16 @@ def calibrate(model, val_cases: list[PatientCase], val: EncoderData | None = Non
     pred = predict(model.fusion, val)
     model.head.fit_temperature(pred["logits"], pred["labels"])
     model.head.fit_thresholds(model.head.predict_proba(pred["logits"]), pred["labels"])
-    findings = (finding_metrics(val_cases, pred, model.config.finding_labels, model.config.finding_threshold)
-                if model.card.get("findings_trained") else None)
+    findings = None
+    if model.card.get("findings_trained"):
+        # The presence threshold is an operating point like the disease thresholds: the one
+        # with the best grounding F1 (Hungarian, IoU >= 0.5) on the validation images.
+        scored = {t: finding_metrics(val_cases, pred, model.config.finding_labels, t) for t in FINDING_THRESHOLDS}
+        scored = {t: m for t, m in scored.items() if m is not None}
+        if scored:
+            best = max(scored, key=lambda t: (scored[t]["f1"], -t))
+            model.config.finding_threshold = best
+            findings = {**scored[best], "threshold": best}
     return {"diagnosis": diagnosis_metrics(model.head, pred, model.panel.keys), "findings": findings}
 
 
@@ -260,7 +270,7 @@ def train_encoders(cfg: EncodersConfig, command: str | None = None) -> dict[str,
     step = 0
     if state.exists():
         step, _ = state.load(accelerator.unwrap_model(objective), optimizer, scheduler)
-    log = MetricsLog(out.with_name(f".{out.name}.{METRICS_FILE}"), "encoders")
+    log = MetricsLog(out.with_name(f".{out.name}.{METRICS_FILE}"), enabled=accelerator.is_main_process, stage="encoders")
     rng = np.random.default_rng(cfg.seed)
     from tqdm import tqdm
 
@@ -276,7 +286,7 @@ def train_encoders(cfg: EncodersConfig, command: str | None = None) -> dict[str,
             if step >= total:
                 break
             objective.train()
-            batch = {k: v.to(accelerator.device) for k, v in train.batch(idx).items()}
+            batch = {k: v.to(accelerator.device) for k, v in train.batch(shard(idx, accelerator)).items()}
             losses = objective(batch)
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(losses["loss"])
@@ -292,7 +302,7 @@ def train_encoders(cfg: EncodersConfig, command: str | None = None) -> dict[str,
             if step % cfg.log_every == 0 or step == total:
                 log.log(step, lr=scheduler.get_last_lr()[0], cases_per_s=speed.rate(),
                         **{k: round(float(v.detach()), 5) for k, v in losses.items() if torch.is_tensor(v)})
-            if step % cfg.save_every == 0 and step < total:
+            if step % cfg.save_every == 0 and step < total and accelerator.is_main_process:
                 state.save(step, accelerator.unwrap_model(objective), optimizer, scheduler)
     bar.close()
     train_s = time.perf_counter() - train_start
@@ -310,7 +320,9 @@ def train_encoders(cfg: EncodersConfig, command: str | None = None) -> dict[str,
                                                    "command": command, "config": cfg.to_dict(),
                                                    "validation": val_metrics}],
     })
-    model.save(out, overwrite=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        model.save(out, overwrite=True)
     log.close()
     metrics_src = out.with_name(f".{out.name}.{METRICS_FILE}")
     metrics_src.replace(out / METRICS_FILE) if metrics_src.exists() else None

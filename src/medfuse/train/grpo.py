@@ -91,7 +91,7 @@ def train_grpo(cfg: GRPOConfig, command: str | None = None) -> dict[str, Any]:
     step = 0
     if state.exists():
         step, _ = state.load(_trainable_view(accelerator.unwrap_model(lm)), optimizer, scheduler)
-    log = MetricsLog(out.with_name(f".{out.name}.{METRICS_FILE}"), "grpo")
+    log = MetricsLog(out.with_name(f".{out.name}.{METRICS_FILE}"), stage="grpo")
     rng = np.random.default_rng(cfg.seed)
     tok = model.lm.tokenizer
     G = cfg.group_size

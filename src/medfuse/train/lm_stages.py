@@ -36,6 +36,7 @@ from medfuse.train.common import (
     lr_factor,
     make_accelerator,
     seed_everything,
+    shard,
 )
 from medfuse.train.config import AlignConfig, LMStageConfig, SFTConfig
 
@@ -94,12 +95,13 @@ class TaskData:
         langs = tuple(cfg.langs)
         self._cases: dict[str, PatientCase] = {}
         samples: list[Sample] = []
+        weights = dict(getattr(cfg, "task_weights", None) or {})
+        # With task weights a subset is drawn from a larger pool (3x), not the first `limit`.
+        pool = limit if limit is None or not weights else 3 * limit
         if cfg.tasks:
             for row in load_task_rows(cfg):
                 if row["case_id"] in in_split and row["task"] in task_types and row["lang"] in langs:
                     samples.extend(_sample(row))
-            order = rng.permutation(len(samples))
-            samples = [samples[i] for i in order][:limit]
         else:
             from medfuse.interpret.case import interpret_case
             from medfuse.tasks.build import build_case_samples
@@ -114,10 +116,14 @@ class TaskData:
                 if new:
                     self._cases[case.case_id] = case
                     samples.extend(new)
-                if limit is not None and len(samples) >= limit:
+                if pool is not None and len(samples) >= pool:
                     break
-            order = rng.permutation(len(samples))
-            samples = [samples[i] for i in order][:limit]
+        if limit is not None and weights and len(samples) > limit:
+            p = np.array([float(weights.get(s.task, 1.0)) for s in samples])
+            keep = rng.choice(len(samples), size=limit, replace=False, p=p / p.sum())
+            samples = [samples[i] for i in sorted(keep)]
+        order = rng.permutation(len(samples))
+        samples = [samples[i] for i in order][:limit]
         self.samples = samples
         self.model = model
         for cid in sorted({s.case_id for s in samples} - set(self._cases)):
@@ -267,7 +273,7 @@ def train_lm_stage(cfg: LMStageConfig, command: str | None = None) -> dict[str, 
     step = 0
     if state.exists():
         step, _ = state.load(_trainable_view(accelerator.unwrap_model(objective)), optimizer, scheduler)
-    log = MetricsLog(out.with_name(f".{out.name}.{METRICS_FILE}"), stage)
+    log = MetricsLog(out.with_name(f".{out.name}.{METRICS_FILE}"), enabled=accelerator.is_main_process, stage=stage)
     rng = np.random.default_rng(cfg.seed)
     from tqdm import tqdm
 
@@ -282,7 +288,7 @@ def train_lm_stage(cfg: LMStageConfig, command: str | None = None) -> dict[str, 
                 continue
             if step >= total:
                 break
-            samples, batch = data.batch(idx)
+            samples, batch = data.batch(shard(idx, accelerator))
             prompts = [chat_prompt(tok, s.user, s.system) for s in samples]
             targets = [truncate_target(tok, s.target, cfg.max_target_tokens) for s in samples]
             objective.train()
@@ -303,7 +309,7 @@ def train_lm_stage(cfg: LMStageConfig, command: str | None = None) -> dict[str, 
             if step % cfg.log_every == 0 or step == total:
                 log.log(step, lr=scheduler.get_last_lr()[0], samples_per_s=speed.rate(),
                         **{k: round(float(v.detach()), 5) for k, v in losses.items()})
-            if step % cfg.save_every == 0 and step < total:
+            if step % cfg.save_every == 0 and step < total and accelerator.is_main_process:
                 state.save(step, _trainable_view(accelerator.unwrap_model(objective)), optimizer, scheduler)
     bar.close()
     train_s = time.perf_counter() - train_start
@@ -325,7 +331,9 @@ def train_lm_stage(cfg: LMStageConfig, command: str | None = None) -> dict[str, 
             "stage": stage, "steps": step, "samples": len(data), "trainable_parameters": n_trainable,
             "seconds": round(train_s, 1), "command": command, "config": cfg.to_dict(), "validation": validation}],
     })
-    model.save(out, overwrite=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        model.save(out, overwrite=True)
     log.close()
     metrics_src = out.with_name(f".{out.name}.{METRICS_FILE}")
     if metrics_src.exists():
