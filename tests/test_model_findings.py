@@ -76,14 +76,12 @@ def test_config_checks_finding_settings():
 def test_diagnose_reports_the_trained_heads_boxes_over_generated_ones(monkeypatch):
     from medfuse.model.diagnose import diagnose_many
     from medfuse.model.medfuse import MedFuse
-    from medfuse.record.case import MODALITIES
     from test_record import full_case
 
-    tiny = {"d_model": 32, "n_heads": 2, "tokens": {m: 2 for m in MODALITIES}, "cxr_size": 32, "ecg_channels": 8,
-            "cxr_vit": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                        "intermediate_size": 64, "patch_size": 16}}
+    from test_model_diagnose import TINY
+
     torch.set_num_threads(1)
-    model = MedFuse.build(ModelConfig.from_dict(tiny), tiny_llm=True)
+    model = MedFuse.build(ModelConfig.from_dict(TINY), tiny_llm=True)
     case = full_case()
     case.ecg = case.ecg.model_copy(update={"signal": case.ecg.signal[:2000], "n_samples": 2000})
     text = ("<think>x</think><answer>pneumonia</answer><ref>consolidation</ref><box>[[10, 20, 30, 40]]</box>"

@@ -19,11 +19,7 @@ from medfuse.model.medfuse import MedFuse
 from medfuse.record.case import MODALITIES
 from medfuse.train.config import EncodersConfig, GRPOConfig, SFTConfig
 
-TINY = {
-    "d_model": 32, "n_heads": 2, "tokens": {m: 2 for m in MODALITIES}, "cxr_size": 32, "ecg_channels": 8,
-    "cxr_vit": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
-                "patch_size": 16},
-}
+from test_model_diagnose import TINY
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -607,11 +607,14 @@ class MedfuseLM(nn.Module):
         kwargs = {
             "pad_token_id": self.tokenizer.pad_token_id,
             "eos_token_id": self.tokenizer.eos_token_id,
+            # A placeholder is an input slot; emitting one would be meaningless text.
             "suppress_tokens": list(self.placeholder_ids.values()),
         }
         kwargs.update(generate_kwargs)
+        # With only inputs_embeds, decoder-only generate returns just the new tokens.
         new_ids = self.lm.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                   max_new_tokens=max_new_tokens, do_sample=do_sample, **kwargs)
+                                   max_new_tokens=max_new_tokens, do_sample=do_sample,
+                                   **kwargs)  # (B * num_return_sequences, <= max_new_tokens)
         eos = self.tokenizer.eos_token_id
         out: list[list[int]] = []
         for row in new_ids.tolist():
@@ -638,23 +641,8 @@ class MedfuseLM(nn.Module):
         `num_return_sequences`, `min_new_tokens`, ...). Returns the decoded new text only,
         special tokens removed.
         """
-        inputs_embeds, attention_mask = self.build_inputs(prompts, fused)
-        kwargs = {
-            "pad_token_id": self.tokenizer.pad_token_id,
-            "eos_token_id": self.tokenizer.eos_token_id,
-            # A placeholder is an input slot; emitting one would be meaningless text.
-            "suppress_tokens": list(self.placeholder_ids.values()),
-        }
-        kwargs.update(generate_kwargs)
-        # With only inputs_embeds, decoder-only generate returns just the new tokens.
-        new_ids = self.lm.generate(
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            max_new_tokens=max_new_tokens,
-            do_sample=do_sample,
-            **kwargs,
-        )  # (B * num_return_sequences, <= max_new_tokens)
-        return self.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
+        ids = self.generate_ids(prompts, fused, max_new_tokens=max_new_tokens, do_sample=do_sample, **generate_kwargs)
+        return self.tokenizer.batch_decode(ids, skip_special_tokens=True)
 
     # ------------------------------------------------------------------ LoRA
 

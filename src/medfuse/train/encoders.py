@@ -165,23 +165,23 @@ def predict(fusion: nn.Module, data: EncoderData, batch_size: int = 64) -> dict[
     return res
 
 
-def finding_metrics(cases: list[PatientCase], pred: dict[str, np.ndarray], labels: list[str],
-                    threshold: float) -> dict[str, Any] | None:
-    """Grounding metrics (Acc@IoU, mean IoU, Hungarian P/R/F1) over (image, finding label) pairs."""
-    from medfuse.eval.metrics.grounding import grounding_metrics
-    from medfuse.model.findings import decode_findings
+def grounding_by_label(cases: list[PatientCase], found: list[list[tuple[str, list[int]]]],
+                       labels: list[str]) -> dict[str, Any] | None:
+    """Grounding metrics (Acc@IoU, mean IoU, Hungarian P/R/F1) over (image, finding label) pairs.
 
-    if "finding_prob" not in pred:
-        return None
+    `found[i]` are the (label, 0-999 box) findings reported for case i; cases without an
+    image are skipped; a box only counts against gold boxes of its own label.
+    """
+    from medfuse.eval.metrics.grounding import grounding_metrics
+
     preds, golds = [], []
-    for i, case in enumerate(cases):
-        if not pred["has_cxr"][i]:
+    for case, reported in zip(cases, found, strict=True):
+        if not case.cxr:
             continue
-        found = decode_findings(pred["finding_prob"][i], pred["finding_boxes"][i], labels, threshold)
         gold = {f.label: f.boxes for f in (case.labels.findings if case.labels else []) if f.image_index == 0}
         for label in labels:
             g = gold.get(label, [])
-            p = [box for lab, box in found if lab == label]
+            p = [box for lab, box in reported if lab == label]
             if g or p:
                 preds.append(p)
                 golds.append(g)
@@ -189,6 +189,18 @@ def finding_metrics(cases: list[PatientCase], pred: dict[str, np.ndarray], label
         return None
     m = grounding_metrics(preds, golds)
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()}
+
+
+def finding_metrics(cases: list[PatientCase], pred: dict[str, np.ndarray], labels: list[str],
+                    threshold: float) -> dict[str, Any] | None:
+    """`grounding_by_label` of the finding head's predictions (`predict`) at `threshold`."""
+    from medfuse.model.findings import decode_findings
+
+    if "finding_prob" not in pred:
+        return None
+    found = [decode_findings(pred["finding_prob"][i], pred["finding_boxes"][i], labels, threshold)
+             if pred["has_cxr"][i] else [] for i in range(len(cases))]
+    return grounding_by_label(cases, found, labels)
 
 
 def diagnosis_metrics(head, pred: dict[str, np.ndarray], names: list[str]) -> dict[str, Any]:

@@ -82,27 +82,6 @@ def _metrics(y: np.ndarray, pred: np.ndarray, probs: np.ndarray, names: list[str
     return out
 
 
-def _grounding(model, cases: list[PatientCase], findings: list) -> dict[str, Any] | None:
-    from medfuse.eval.metrics.grounding import grounding_metrics
-
-    labels = model.config.finding_labels
-    preds, golds = [], []
-    for case, found in zip(cases, findings, strict=True):
-        if not case.cxr:
-            continue
-        gold = {f.label: f.boxes for f in (case.labels.findings if case.labels else []) if f.image_index == 0}
-        for label in labels:
-            g = gold.get(label, [])
-            p = [box for lab, box in found if lab == label]
-            if g or p:
-                preds.append(p)
-                golds.append(g)
-    if not golds:
-        return None
-    m = grounding_metrics(preds, golds)
-    return {k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()}
-
-
 def evaluate_checkpoint(model, cohort: str | Path, lm_samples: int = 0, batch_size: int = 32,
                         limit: int | None = None, progress: bool = False) -> dict[str, Any]:
     """Run the evaluation above; returns the `evaluation` mapping of the model card."""
@@ -138,7 +117,10 @@ def evaluate_checkpoint(model, cohort: str | Path, lm_samples: int = 0, batch_si
         best = max(single, key=lambda k: single[k]["macro_f1"])
         result["best_single_modality"] = best
         result["fusion_margin_macro_f1"] = round(result["diagnosis"]["macro_f1"] - single[best]["macro_f1"], 4)
-    result["grounding"] = _grounding(model, cases, findings) if model.card.get("findings_trained") else None
+    from medfuse.train.encoders import grounding_by_label
+
+    result["grounding"] = (grounding_by_label(cases, findings, model.config.finding_labels)
+                           if model.card.get("findings_trained") else None)
     if lm_samples:
         from types import SimpleNamespace
 

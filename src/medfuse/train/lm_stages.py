@@ -292,8 +292,13 @@ def train_lm_stage(cfg: LMStageConfig, command: str | None = None) -> dict[str, 
             prompts = [chat_prompt(tok, s.user, s.system) for s in samples]
             targets = [truncate_target(tok, s.target, cfg.max_target_tokens) for s in samples]
             objective.train()
+            fusion = accelerator.unwrap_model(objective).fusion
+            # Frozen parts run as at inference (no dropout): the encoders always, all of the
+            # fusion model when it is not trained.
             if not train_fusion:
-                accelerator.unwrap_model(objective).fusion.eval()
+                fusion.eval()
+            elif hasattr(fusion, "encoders"):
+                fusion.encoders.eval()
             losses = objective(prompts, targets, {k: v.to(accelerator.device) for k, v in batch.items()})
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(losses["loss"])
