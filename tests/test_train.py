@@ -197,7 +197,8 @@ def test_sft_trains_lora_perception_and_head_and_recalibrates(sft_ckpt, encoders
                                                      model.fusion.perception.parameters()))
     assert all(torch.equal(p, q) for p, q in zip(before.fusion.encoders.parameters(), model.fusion.encoders.parameters()))
     stage = model.card["stages"][-1]
-    assert stage["stage"] == "sft" and set(stage["validation"]) == {"diagnosis", "answers"}
+    assert stage["stage"] == "sft" and set(stage["validation"]) == {"diagnosis", "findings", "answers"}
+    assert "macro_f1" in stage["validation"]["diagnosis"]
     assert {"mean_jaccard", "format_rate", "answer_tag_rate"} <= set(stage["validation"]["answers"])
     assert [s["stage"] for s in model.card["stages"]] == ["encoders", "sft"]
 

@@ -77,7 +77,7 @@ def cohort_scores(model, cases, results) -> dict:
 
 
 def run_demo(out: Path, n_synth: int = 24, seed: int = 7, model_path: Path | None = None,
-             max_new_tokens: int = 96) -> None:
+             max_new_tokens: int = 160) -> None:
     from medfuse.cli.importing import print_summary
     from medfuse.cli.show_cmd import summarise_case
     from medfuse.record.store import iter_cohort, read_case

@@ -15,7 +15,7 @@ def demo(
     model: Path | None = typer.Option(None, "--model", help="Checkpoint to use (default: the shipped one)."),
     n: int = typer.Option(24, "--n", min=1, help="Cases in the fresh synthetic cohort."),
     seed: int = typer.Option(7, "--seed", min=0, help="Seed of the fresh cohort."),
-    max_new_tokens: int = typer.Option(96, "--max-new-tokens", min=1, help="Tokens of reasoning generated per case."),
+    max_new_tokens: int = typer.Option(160, "--max-new-tokens", min=1, help="Tokens of reasoning generated per case."),
 ) -> None:
     """Import the bundled samples, generate a fresh cohort, diagnose it, print one result, write summary.html."""
     from medfuse.demo import run_demo

@@ -43,6 +43,17 @@ def only_modality(case: PatientCase, keep: str) -> PatientCase | None:
     return case.model_copy(update=update)
 
 
+def synthetic_origin(cohort: Path) -> dict[str, int] | None:
+    """{"seed", "n"} of a `medfuse synth` cohort (from its DATASHEET.md), so it can be regenerated."""
+    import re
+
+    sheet = cohort / "DATASHEET.md"
+    if not sheet.is_file():
+        return None
+    m = re.search(r"with seed (\d+): (\d+) cases", sheet.read_text(encoding="utf-8"))
+    return {"seed": int(m.group(1)), "n": int(m.group(2))} if m else None
+
+
 def _head_predictions(model, cases: list[PatientCase], batch_size: int) -> tuple[np.ndarray, np.ndarray, list]:
     """(probabilities (n, D), predictions (n, D), findings per case) from fusion passes."""
     from medfuse.model.diagnose import insufficient_diseases
@@ -83,7 +94,7 @@ def _metrics(y: np.ndarray, pred: np.ndarray, probs: np.ndarray, names: list[str
 
 
 def evaluate_checkpoint(model, cohort: str | Path, lm_samples: int = 0, batch_size: int = 32,
-                        limit: int | None = None, progress: bool = False) -> dict[str, Any]:
+                        limit: int | None = None, single_modality: bool = True) -> dict[str, Any]:
     """Run the evaluation above; returns the `evaluation` mapping of the model card."""
     from medfuse.record.store import iter_cohort
 
@@ -102,9 +113,10 @@ def evaluate_checkpoint(model, cohort: str | Path, lm_samples: int = 0, batch_si
     with torch.no_grad():
         probs, pred, findings = _head_predictions(model, cases, batch_size)
         result: dict[str, Any] = {"cohort": cohort.resolve().name, "n_cases": len(cases),
+                                  "synthetic": synthetic_origin(cohort),
                                   "diagnosis": _metrics(y, pred, probs, names)}
         single: dict[str, Any] = {}
-        for m in MODALITIES:
+        for m in MODALITIES if single_modality else ():
             idx = [i for i, c in enumerate(cases) if m in c.modalities()]
             if len(idx) < 20 or m == "genomics":
                 continue  # too few cases to score (genomics: lung-cancer patients only)

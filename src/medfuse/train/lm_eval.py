@@ -29,7 +29,7 @@ def _numbers(text: str) -> int:
 
 
 @torch.no_grad()
-def evaluate_answers(model, cfg: LMStageConfig, n: int, max_new_tokens: int = 128, batch_size: int = 4,
+def evaluate_answers(model, cfg: LMStageConfig, n: int, max_new_tokens: int = 192, batch_size: int = 4,
                      split: str = "val") -> dict[str, Any]:
     """Mean jaccard / format / answer-tag rates and faithfulness over `n` diagnosis prompts of `split`."""
     from medfuse.formats import parse_answer_set, parse_think

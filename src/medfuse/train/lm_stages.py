@@ -324,8 +324,8 @@ def train_lm_stage(cfg: LMStageConfig, command: str | None = None) -> dict[str, 
     if train_fusion:
         from medfuse.train.encoders import calibrate_on_validation
 
-        validation["diagnosis"] = calibrate_on_validation(model, cfg.cohort, cfg.split_seed,
-                                                          None if cfg.limit is None else max(8, cfg.limit // 4))
+        validation.update(calibrate_on_validation(model, cfg.cohort, cfg.split_seed,
+                                                  None if cfg.limit is None else max(8, cfg.limit // 4)))
     if cfg.eval_samples:
         from medfuse.train.lm_eval import evaluate_answers
 
