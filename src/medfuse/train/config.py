@@ -238,6 +238,9 @@ class GRPOConfig(LMStageConfig):
     stage = "grpo"
     batch_size: int = field(default=2, metadata=_help("Prompts per step (each sampled group_size times)."))
     group_size: int = field(default=4, metadata=_help("Completions sampled per prompt (G)."))
+    micro_batch: int = field(default=2, metadata=_help(
+        "Completions per forward/backward pass; the step's gradient is accumulated over them "
+        "(a long prompt x 8 completions does not fit in 24 GB at once)."))
     max_new_tokens: int = field(default=96, metadata=_help("Tokens generated per completion."))
     temperature: float = field(default=1.0, metadata=_help("Sampling temperature."))
     top_p: float = field(default=1.0, metadata=_help("Nucleus sampling threshold."))

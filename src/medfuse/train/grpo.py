@@ -51,7 +51,7 @@ def _repeat(fused, g: int):
 def train_grpo(cfg: GRPOConfig, command: str | None = None) -> dict[str, Any]:
     from tqdm import tqdm
 
-    from medfuse.model.llm import chat_prompt
+    from medfuse.model.llm import FusedTokens, chat_prompt
     from medfuse.model.medfuse import MedFuse
     from medfuse.train.grpo_loss import group_advantages, grpo_per_token_loss
     from medfuse.train.lm_eval import evaluate_answers
@@ -134,18 +134,32 @@ def train_grpo(cfg: GRPOConfig, command: str | None = None) -> dict[str, Any]:
                 fn, column = REWARDS[name]
                 vals = [v for v in fn(texts, **columns) if v is not None]
                 per_reward[f"reward/{name}"] = round(float(np.mean(vals)), 4) if vals else None
-            # ---- policy gradient step
+            # ---- policy gradient step, accumulated over micro-batches of completions; dapo's
+            # normaliser is the step's token count, so the summed loss equals the full batch's.
             model.lm.train()
-            logps, mask = model.lm.completion_logps(prompts, fused, ids, cfg.temperature)  # (B*G, C)
-            ref = None
-            if cfg.beta:
-                with torch.no_grad(), accelerator.unwrap_model(lm).lm.disable_adapter():
-                    ref, _ = model.lm.completion_logps(prompts, fused, ids, cfg.temperature)
-            loss, metrics = grpo_per_token_loss(logps, None, ref, advantages.to(logps.device), mask, beta=cfg.beta,
-                                                epsilon_low=cfg.epsilon, loss_type=cfg.loss_type,
-                                                max_completion_length=cfg.max_new_tokens)
             optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(loss)
+            n_tokens = sum(len(x) for x in ids)
+            chunks = [range(i, min(len(ids), i + cfg.micro_batch)) for i in range(0, len(ids), cfg.micro_batch)]
+            loss_sum, metric_rows, lengths = 0.0, [], []
+            for rows in chunks:
+                part = FusedTokens(fused.tokens[rows.start:rows.stop], fused.token_mask[rows.start:rows.stop],
+                                   fused.modality_slices)
+                p_prompts, p_ids = prompts[rows.start:rows.stop], ids[rows.start:rows.stop]
+                logps, mask = model.lm.completion_logps(p_prompts, part, p_ids, cfg.temperature)  # (b, C)
+                ref = None
+                if cfg.beta:
+                    with torch.no_grad(), accelerator.unwrap_model(lm).lm.disable_adapter():
+                        ref, _ = model.lm.completion_logps(p_prompts, part, p_ids, cfg.temperature)
+                loss, metrics = grpo_per_token_loss(
+                    logps, None, ref, advantages[rows.start:rows.stop].to(logps.device), mask, beta=cfg.beta,
+                    epsilon_low=cfg.epsilon, loss_type=cfg.loss_type, max_completion_length=cfg.max_new_tokens,
+                    num_items_in_batch=n_tokens, grad_accum_steps=len(chunks))
+                accelerator.backward(loss)
+                loss_sum += float(loss.detach())
+                metric_rows.append(metrics)
+                lengths.append(mask.sum(1).float())
+            mask_lengths = torch.cat(lengths)  # (B*G,)
+            metrics = {k: float(np.nanmean([m[k] for m in metric_rows])) for k in metric_rows[0]}
             if cfg.grad_clip:
                 accelerator.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()
@@ -156,10 +170,10 @@ def train_grpo(cfg: GRPOConfig, command: str | None = None) -> dict[str, Any]:
             finite = rewards[torch.isfinite(rewards)]
             bar.set_postfix(reward=f"{float(finite.mean()) if finite.numel() else float('nan'):.3f}")
             if step % cfg.log_every == 0 or step == total:
-                log.log(step, lr=scheduler.get_last_lr()[0], loss=round(float(loss.detach()), 5),
+                log.log(step, lr=scheduler.get_last_lr()[0], loss=round(loss_sum, 5),
                         reward_mean=round(float(finite.mean()), 4) if finite.numel() else None,
                         reward_std=round(float(finite.std()), 4) if finite.numel() > 1 else None,
-                        zero_std_share=round(zero_std, 4), completion_tokens=round(float(mask.sum(1).float().mean()), 1),
+                        zero_std_share=round(zero_std, 4), completion_tokens=round(float(mask_lengths.mean()), 1),
                         seconds_per_step=round(time.perf_counter() - t0, 2), **per_reward,
                         **{k: round(v, 5) for k, v in metrics.items() if isinstance(v, float) and np.isfinite(v)})
             if step % cfg.save_every == 0 and step < total:
