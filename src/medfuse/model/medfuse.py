@@ -224,7 +224,10 @@ class MedFuse(nn.Module):
             save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / "fusion.safetensors"),
                       metadata={"format_version": str(FORMAT_VERSION)})
             if _has_adapter(self.lm):
-                self.lm.lm.save_pretrained(str(tmp / "adapter"))
+                # The placeholder rows of the resized embeddings are saved in fusion.safetensors
+                # ("llm_added.*"); peft would otherwise copy both 49k-row tables (~230 MB).
+                self.lm.lm.save_pretrained(str(tmp / "adapter"), save_embedding_layers=False)
+                _name_adapter_base(tmp / "adapter", self.config.llm)
             if self.llm_bundled:
                 _save_base_llm(self.lm, tmp / "llm")
             _write_json(tmp / "stats.json", self.stats.to_dict())
@@ -393,6 +396,19 @@ def _set_added_token_rows(lm: nn.Module, rows: dict[str, torch.Tensor]) -> None:
         base.get_input_embeddings().weight[ids] = rows["input"].to(base.get_input_embeddings().weight.dtype)
         if "output" in rows and base.get_output_embeddings() is not None:
             base.get_output_embeddings().weight[ids] = rows["output"].to(base.get_output_embeddings().weight.dtype)
+
+
+def _name_adapter_base(folder: Path, name: str) -> None:
+    """Record the backbone by its medfuse name, not by the local cache path peft wrote
+    (a checkpoint must not carry this machine's paths; `config.llm` is what loads it)."""
+    config_file = folder / "adapter_config.json"
+    data = json.loads(config_file.read_text(encoding="utf-8"))
+    local = str(data.get("base_model_name_or_path") or "")
+    data["base_model_name_or_path"] = name
+    config_file.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    readme = folder / "README.md"
+    if local and readme.is_file():
+        readme.write_text(readme.read_text(encoding="utf-8").replace(local, name), encoding="utf-8")
 
 
 def _save_base_llm(lm: nn.Module, folder: Path) -> None:
