@@ -248,8 +248,8 @@ class GRPOConfig(LMStageConfig):
     epsilon: float = field(default=0.2, metadata=_help("PPO clip range (low and high)."))
     loss_type: str = field(default="dapo", metadata=_help("Loss aggregation: grpo, bnpo, dr_grpo or dapo (TRL's)."))
     scale_rewards: str = field(default="group", metadata=_help("Advantage scaling: group, batch or none (TRL's)."))
-    reward_weights: dict[str, float] = field(default_factory=lambda: {"jaccard": 1.0, "format": 0.5, "box_iou": 0.5},
-                                             metadata=_help("Weight of each reward function in the summed reward."))
+    reward_weights: dict[str, float] = field(default_factory=lambda: _default_reward_weights(), metadata=_help(
+        "Weight of each reward function in the summed reward (default: train.rewards.DEFAULT_WEIGHTS)."))
     lr: float = field(default=5e-5, metadata=_help("Peak learning rate."))
     task_types: list[str] = field(default_factory=lambda: ["diagnosis"], metadata=_help(
         "Task types to sample prompts from."))
@@ -262,6 +262,12 @@ class GRPOConfig(LMStageConfig):
             raise ConfigError(f"loss_type: must be grpo, bnpo, dr_grpo or dapo, got {self.loss_type!r}")
         if self.scale_rewards not in ("group", "batch", "none"):
             raise ConfigError(f"scale_rewards: must be group, batch or none, got {self.scale_rewards!r}")
+
+
+def _default_reward_weights() -> dict[str, float]:
+    from medfuse.train.rewards import DEFAULT_WEIGHTS
+
+    return dict(DEFAULT_WEIGHTS)
 
 
 STAGES: dict[str, type[StageConfig]] = {
