@@ -1,4 +1,4 @@
-"""Shared test fixtures. Tests never read ../shared: fixtures live in tests/fixtures."""
+"""Shared test fixtures. Tests never read the team's shared data folder: fixtures live in tests/fixtures."""
 
 from __future__ import annotations
 
@@ -16,3 +16,20 @@ FIXTURES = Path(__file__).parent / "fixtures"
 @pytest.fixture
 def fixtures() -> Path:
     return FIXTURES
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a test module's torch code on one thread.
+
+    On a shared 2-core machine, 2 OpenMP threads stall at barriers whenever another
+    process holds a core (measured: 0.07 s vs up to 8 s per training step), and tiny
+    models gain nothing from intra-op threads. Use with
+    `pytestmark = pytest.mark.usefixtures("one_torch_thread")`.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

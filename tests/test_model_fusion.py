@@ -17,14 +17,7 @@ from medfuse.model.fusion import FusionModel, gate_kl_to_uniform, tokens_per_cas
 from medfuse.model.inputs import GENOMICS_VOCAB, NOTES_DIM, FeatureStats, collate, featurize
 from medfuse.record.case import ECG, MODALITIES, CXRImage, Diagnosis, Labels, LabResult, PatientCase, VitalSigns
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # On a shared 2-core machine, 2 OpenMP threads stall at barriers whenever another
-    # process holds a core (measured: 0.07 s vs up to 8 s per training step).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 PANEL = load_panel()

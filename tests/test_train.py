@@ -22,12 +22,7 @@ from medfuse.train.config import EncodersConfig, GRPOConfig, SFTConfig
 from test_model_diagnose import TINY
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
