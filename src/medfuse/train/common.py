@@ -103,6 +103,25 @@ class MetricsLog:
             self._tb.close()
 
 
+def stage_log(out: Path, stage: str, accelerator=None) -> MetricsLog:
+    """The stage's metrics log, written beside `out` while it runs (the checkpoint folder is
+    created atomically at the end) and moved into it by `finish_stage`."""
+    enabled = accelerator is None or accelerator.is_main_process
+    return MetricsLog(out.with_name(f".{out.name}.{METRICS_FILE}"), stage, enabled=enabled)
+
+
+def finish_stage(model, out: Path, log: MetricsLog, state: ResumableState, accelerator=None) -> None:
+    """Write the checkpoint (main process only), move the metrics log into it, drop the resumable state."""
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+    if accelerator is None or accelerator.is_main_process:
+        model.save(out, overwrite=True)
+    log.close()
+    if log.path.exists():
+        log.path.replace(out / METRICS_FILE)
+    state.clear()
+
+
 class ResumableState:
     """A training state folder (trainable weights, optimiser, scheduler, step, RNG) for resumption.
 

@@ -26,17 +26,17 @@ from torch import nn
 from medfuse.model.inputs import NOTES_DIM, collate, embed_texts, featurize_many
 from medfuse.record.case import MODALITIES, PatientCase
 from medfuse.train.common import (
-    METRICS_FILE,
-    MetricsLog,
     ResumableState,
     Throughput,
     check_output,
     epoch_batches,
+    finish_stage,
     lr_factor,
     make_accelerator,
     seed_everything,
     shard,
     split_cases,
+    stage_log,
 )
 from medfuse.train.config import EncodersConfig
 
@@ -282,7 +282,7 @@ def train_encoders(cfg: EncodersConfig, command: str | None = None) -> dict[str,
     step = 0
     if state.exists():
         step, _ = state.load(accelerator.unwrap_model(objective), optimizer, scheduler)
-    log = MetricsLog(out.with_name(f".{out.name}.{METRICS_FILE}"), enabled=accelerator.is_main_process, stage="encoders")
+    log = stage_log(out, "encoders", accelerator)
     rng = np.random.default_rng(cfg.seed)
     from tqdm import tqdm
 
@@ -332,13 +332,7 @@ def train_encoders(cfg: EncodersConfig, command: str | None = None) -> dict[str,
                                                    "command": command, "config": cfg.to_dict(),
                                                    "validation": val_metrics}],
     })
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        model.save(out, overwrite=True)
-    log.close()
-    metrics_src = out.with_name(f".{out.name}.{METRICS_FILE}")
-    metrics_src.replace(out / METRICS_FILE) if metrics_src.exists() else None
-    state.clear()
+    finish_stage(model, out, log, state, accelerator)
     return {"stage": "encoders", "steps": step, "train_cases": len(train_cases), "val_cases": len(val_cases),
             "prepare_s": round(prep_s, 1), "train_s": round(train_s, 1), "validation": val_metrics, "out": str(out)}
 

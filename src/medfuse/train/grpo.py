@@ -28,14 +28,14 @@ import torch
 
 from medfuse.errors import InputError
 from medfuse.train.common import (
-    METRICS_FILE,
-    MetricsLog,
     ResumableState,
     check_output,
     epoch_batches,
+    finish_stage,
     lr_factor,
     make_accelerator,
     seed_everything,
+    stage_log,
 )
 from medfuse.train.config import GRPOConfig
 
@@ -91,7 +91,7 @@ def train_grpo(cfg: GRPOConfig, command: str | None = None) -> dict[str, Any]:
     step = 0
     if state.exists():
         step, _ = state.load(_trainable_view(accelerator.unwrap_model(lm)), optimizer, scheduler)
-    log = MetricsLog(out.with_name(f".{out.name}.{METRICS_FILE}"), stage="grpo")
+    log = stage_log(out, "grpo")
     rng = np.random.default_rng(cfg.seed)
     tok = model.lm.tokenizer
     G = cfg.group_size
@@ -187,11 +187,6 @@ def train_grpo(cfg: GRPOConfig, command: str | None = None) -> dict[str, Any]:
     model.card.update({"stages": [*model.card.get("stages", []), {
         "stage": "grpo", "steps": step, "prompts": len(data), "seconds": round(train_s, 1), "command": command,
         "config": cfg.to_dict(), "validation": validation}]})
-    model.save(out, overwrite=True)
-    log.close()
-    metrics_src = out.with_name(f".{out.name}.{METRICS_FILE}")
-    if metrics_src.exists():
-        metrics_src.replace(out / METRICS_FILE)
-    state.clear()
+    finish_stage(model, out, log, state)
     return {"stage": "grpo", "steps": step, "prompts": len(data), "train_s": round(train_s, 1),
             "validation": validation, "out": str(out)}

@@ -27,16 +27,16 @@ from torch import nn
 from medfuse.errors import InputError
 from medfuse.record.case import PatientCase
 from medfuse.train.common import (
-    METRICS_FILE,
-    MetricsLog,
     ResumableState,
     Throughput,
     check_output,
     epoch_batches,
+    finish_stage,
     lr_factor,
     make_accelerator,
     seed_everything,
     shard,
+    stage_log,
 )
 from medfuse.train.config import AlignConfig, LMStageConfig, SFTConfig
 
@@ -273,7 +273,7 @@ def train_lm_stage(cfg: LMStageConfig, command: str | None = None) -> dict[str, 
     step = 0
     if state.exists():
         step, _ = state.load(_trainable_view(accelerator.unwrap_model(objective)), optimizer, scheduler)
-    log = MetricsLog(out.with_name(f".{out.name}.{METRICS_FILE}"), enabled=accelerator.is_main_process, stage=stage)
+    log = stage_log(out, stage, accelerator)
     rng = np.random.default_rng(cfg.seed)
     from tqdm import tqdm
 
@@ -336,14 +336,7 @@ def train_lm_stage(cfg: LMStageConfig, command: str | None = None) -> dict[str, 
             "stage": stage, "steps": step, "samples": len(data), "trainable_parameters": n_trainable,
             "seconds": round(train_s, 1), "command": command, "config": cfg.to_dict(), "validation": validation}],
     })
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        model.save(out, overwrite=True)
-    log.close()
-    metrics_src = out.with_name(f".{out.name}.{METRICS_FILE}")
-    if metrics_src.exists():
-        metrics_src.replace(out / METRICS_FILE)
-    state.clear()
+    finish_stage(model, out, log, state, accelerator)
     return {"stage": stage, "steps": step, "samples": len(data), "trainable_parameters": n_trainable,
             "prepare_s": round(prep_s, 1), "train_s": round(train_s, 1), "validation": validation, "out": str(out)}
 
