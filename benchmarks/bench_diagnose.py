@@ -62,7 +62,7 @@ def main() -> None:
 
     from medfuse.interpret.case import interpret_case
     from medfuse.model.diagnose import diagnose_many
-    from medfuse.model.medfuse import MedFuse
+    from medfuse.model import MedFuse
 
     hf_logging.disable_progress_bar()
     tmp = None

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from medfuse.model.medfuse import MedFuse
+from medfuse.model import MedFuse
 from medfuse.train.config import EncodersConfig
 from medfuse.train.encoders import train_encoders
 from medfuse.train.evaluate import evaluate_checkpoint

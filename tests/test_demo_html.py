@@ -240,7 +240,7 @@ def test_real_diagnose_output_renders():
 
     from medfuse.model.config import ModelConfig
     from medfuse.model.diagnose import diagnose_many
-    from medfuse.model.medfuse import MedFuse
+    from medfuse.model import MedFuse
     from medfuse.record.case import MODALITIES
 
     tiny = {"d_model": 32, "n_heads": 2, "tokens": {m: 2 for m in MODALITIES}, "cxr_size": 32, "ecg_channels": 8,

@@ -16,7 +16,7 @@ from medfuse.errors import InputError
 from medfuse.eval.prompts import Prompt
 from medfuse.model.config import ModelConfig
 from medfuse.model.diagnose import DiagnoseResult, diagnose, diagnose_many, insufficient_diseases
-from medfuse.model.medfuse import CHECKPOINT_FILES, MedFuse
+from medfuse.model import CHECKPOINT_FILES, MedFuse
 from medfuse.record.case import MODALITIES, LabResult, PatientCase
 from medfuse.record.store import read_case, write_case, write_index
 

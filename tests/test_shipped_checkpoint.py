@@ -13,8 +13,8 @@ import json
 import pytest
 import torch
 
-from medfuse.cli.diagnose_cmd import shipped_checkpoint
-from medfuse.model.medfuse import CHECKPOINT_FILES
+from medfuse.model.locate import shipped_checkpoint
+from medfuse.model import CHECKPOINT_FILES
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def test_the_shipped_checkpoint_is_complete_and_small(card):
 
 
 def test_the_shipped_checkpoint_reproduces_its_model_card(card, tmp_path):
-    from medfuse.model.medfuse import MedFuse
+    from medfuse.model import MedFuse
     from medfuse.synth.cohort import SynthConfig, synth_cohort
     from medfuse.train.evaluate import evaluate_checkpoint
 

@@ -15,7 +15,7 @@ import yaml
 
 from medfuse.cli import main
 from medfuse.errors import ConfigError, InputError
-from medfuse.model.medfuse import MedFuse
+from medfuse.model import MedFuse
 from medfuse.record.case import MODALITIES
 from medfuse.train.config import EncodersConfig, GRPOConfig, SFTConfig
 

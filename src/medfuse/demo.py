@@ -114,12 +114,12 @@ def run_demo(out: Path, n_synth: int = 24, seed: int = 7, model_path: Path | Non
     import json
     import time
 
-    from medfuse.cli.diagnose_cmd import _quiet_transformers, resolve_checkpoint
+    from medfuse.model.locate import quiet_transformers, resolve_checkpoint
     from medfuse.html_summary import write_html_summary
     from medfuse.model.diagnose import diagnose_many, format_result, iter_batches
-    from medfuse.model.medfuse import MedFuse
+    from medfuse.model import MedFuse
 
-    _quiet_transformers()
+    quiet_transformers()
     ckpt = resolve_checkpoint(model_path)
     start = time.perf_counter()
     model = MedFuse.load(ckpt)

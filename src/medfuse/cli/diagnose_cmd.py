@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -12,51 +11,15 @@ from pathlib import Path
 import typer
 
 from medfuse.cli.app import app
-from medfuse.errors import InputError, MedfuseError
+from medfuse.errors import InputError
+from medfuse.model.locate import MODEL_ENV, quiet_transformers, resolve_checkpoint
 
 model_app = typer.Typer(help="Build and inspect medfuse model checkpoints.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
 
-# Environment variable naming a default checkpoint folder (for servers and notebooks).
-MODEL_ENV = "MEDFUSE_MODEL"
-
 _FHIR_SUFFIXES = (".json", ".ndjson", ".jsonl")
 _WFDB_SUFFIXES = (".hea", ".dat", ".mat")
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-
-
-def _quiet_transformers() -> None:
-    # Weight-loading progress bars of transformers would interleave with our own output.
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-
-
-class NoModelError(MedfuseError):
-    """No checkpoint was named and none is installed."""
-
-
-def shipped_checkpoint() -> Path:
-    """The checkpoint folder installed with the package (`medfuse/data/checkpoint`)."""
-    from importlib import resources
-
-    return Path(str(resources.files("medfuse").joinpath("data").joinpath("checkpoint")))
-
-
-def resolve_checkpoint(model: Path | None) -> Path:
-    """`--model`, else $MEDFUSE_MODEL, else the shipped checkpoint."""
-    if model is not None:
-        return model
-    env = os.environ.get(MODEL_ENV)
-    if env:
-        return Path(env)
-    shipped = shipped_checkpoint()
-    if (shipped / "metadata.json").is_file():
-        return shipped
-    raise NoModelError(
-        "no trained medfuse checkpoint is installed; pass --model CKPT "
-        "(to try the pipeline with random weights: medfuse model init --out CKPT --tiny)"
-    )
 
 
 # ---------------------------------------------------------------------------- inputs
@@ -196,9 +159,9 @@ def diagnose_cmd(
     checkpoint = resolve_checkpoint(model)
 
     from medfuse.model.diagnose import diagnose_many, diagnose_to_jsonl, format_result
-    from medfuse.model.medfuse import MedFuse
+    from medfuse.model import MedFuse
 
-    _quiet_transformers()
+    quiet_transformers()
     loaded = MedFuse.load(checkpoint)
     if out is not None or (batch and as_json):
         n = diagnose_to_jsonl(loaded, cases, out, lang=lang, max_new_tokens=max_new_tokens, batch_size=batch_size,
@@ -230,7 +193,7 @@ def model_init_cmd(
 ) -> None:
     """Build an UNTRAINED checkpoint (random weights) so the diagnose pipeline can be exercised."""
     from medfuse.model.config import ModelConfig
-    from medfuse.model.medfuse import MedFuse
+    from medfuse.model import MedFuse
 
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise InputError(out, "already exists (use --overwrite to replace it)")
@@ -245,7 +208,7 @@ def model_init_cmd(
         stats = FeatureStats.fit(iter_cohort(stats_from, load_bulk=False, split="train"))
         if stats.n_cases == 0:
             raise InputError(stats_from, "no training-split cases to fit statistics on")
-    _quiet_transformers()
+    quiet_transformers()
     model = MedFuse.build(cfg, stats=stats, tiny_llm=tiny)
     model.save(out, overwrite=overwrite)
     print(f"wrote an untrained checkpoint to {out} (llm: {'tiny random' if tiny else cfg.llm}, fusion: {cfg.fusion})")

@@ -66,9 +66,9 @@ def _make_command(stage: str, cls: type[StageConfig]):
 
 
 def _run(stage: str, cfg: StageConfig) -> None:
-    from medfuse.cli.diagnose_cmd import _quiet_transformers
+    from medfuse.model.locate import quiet_transformers
 
-    _quiet_transformers()
+    quiet_transformers()
     command = "medfuse " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["train"] else None
     if stage == "encoders":
         from medfuse.train.encoders import train_encoders
@@ -101,11 +101,11 @@ def _register_evaluate() -> None:
         write: bool = typer.Option(False, "--write", help="Store the result as the model card's `evaluation`."),
     ) -> None:
         """Score a checkpoint on a held-out cohort (diagnosis, single-modality inputs, grounding, LM answers)."""
-        from medfuse.cli.diagnose_cmd import _quiet_transformers
-        from medfuse.model.medfuse import MedFuse
+        from medfuse.model.locate import quiet_transformers
+        from medfuse.model import MedFuse
         from medfuse.train.evaluate import evaluate_checkpoint
 
-        _quiet_transformers()
+        quiet_transformers()
         model = MedFuse.load(checkpoint)
         result = evaluate_checkpoint(model, cohort, lm_samples=lm_samples, limit=limit)
         result["command"] = "medfuse " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["model"] else None

@@ -17,6 +17,7 @@ from typing import Any
 _EXPORTS = {
     "MedFuse": "medfuse.model.medfuse",
     "FusedBatch": "medfuse.model.medfuse",
+    "CHECKPOINT_FILES": "medfuse.model.medfuse",
     "DiagnoseResult": "medfuse.model.diagnose",
     "diagnose": "medfuse.model.diagnose",
     "diagnose_many": "medfuse.model.diagnose",

@@ -40,7 +40,7 @@ from medfuse.record.case import MODALITIES, PatientCase
 from medfuse.record.evidence import Evidence
 
 if TYPE_CHECKING:
-    from medfuse.model.medfuse import MedFuse
+    from medfuse.model import MedFuse
 
 __all__ = [
     "DiagnoseResult",

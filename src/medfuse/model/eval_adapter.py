@@ -25,7 +25,7 @@ from pathlib import Path
 
 from medfuse.eval.models.base import GeneratedText
 from medfuse.eval.prompts import Prompt
-from medfuse.model.medfuse import MedFuse
+from medfuse.model import MedFuse
 from medfuse.record.case import PatientCase
 from medfuse.record.store import CASE_FILE, read_case
 

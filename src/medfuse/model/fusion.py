@@ -297,6 +297,28 @@ class FusionModel(nn.Module):
             total = total + self.config.gate_balance * gate_kl_to_uniform(out.gates, batch["present"].bool())
         return total
 
+    def trainable_parts(self, stage: str) -> list[nn.Module | nn.Parameter]:
+        """The parts of the fusion model that train in `stage`.
+
+        encoders: everything. sft (with `train_fusion`): what sits above the encoders (the
+        strategy's fusion layer, clue tokens, disease head, auxiliary heads, modality type
+        embedding); the encoders stay frozen. align and grpo: nothing.
+        """
+        if stage == "encoders":
+            return [self]
+        if stage != "sft":
+            return []
+        parts: list[nn.Module | nn.Parameter] = [self.aux_heads, self.type_embed]
+        if self.clues is not None:
+            parts.append(self.clues)
+        if self.config.fusion in ("early", "feature"):
+            parts.append(self.joint)
+        if self.config.fusion == "hybrid":
+            parts.append(self.perception)
+        if self.config.fusion != "late":
+            parts.append(self.head)
+        return parts
+
     def n_parameters(self, trainable_only: bool = False) -> int:
         """Number of parameters (all, or only those requiring gradients)."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

@@ -246,7 +246,7 @@ def train_encoders(cfg: EncodersConfig, command: str | None = None) -> dict[str,
     """Run the stage; returns a summary (steps, seconds, validation metrics, checkpoint path)."""
     from medfuse.model.config import ModelConfig
     from medfuse.model.inputs import FeatureStats
-    from medfuse.model.medfuse import MedFuse
+    from medfuse.model import MedFuse
 
     out = check_output(cfg)
     if cfg.threads:

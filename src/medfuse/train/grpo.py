@@ -52,7 +52,7 @@ def train_grpo(cfg: GRPOConfig, command: str | None = None) -> dict[str, Any]:
     from tqdm import tqdm
 
     from medfuse.model.llm import FusedTokens, chat_prompt
-    from medfuse.model.medfuse import MedFuse
+    from medfuse.model import MedFuse
     from medfuse.train.grpo_loss import group_advantages, grpo_per_token_loss
     from medfuse.train.lm_eval import evaluate_answers
     from medfuse.train.lm_stages import TaskData, _trainable_view

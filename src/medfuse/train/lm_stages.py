@@ -215,7 +215,7 @@ def _trainable_fusion_parts(fusion: nn.Module) -> list[nn.Module]:
 
 def prepare_stage(cfg: LMStageConfig, stage: str):
     """Load the init checkpoint and set which parameters train for `stage` (align or sft)."""
-    from medfuse.model.medfuse import MedFuse
+    from medfuse.model import MedFuse
 
     model = MedFuse.load(cfg.init)
     _freeze(model)

@@ -1,0 +1,24 @@
+"""The layer order of the package, declared in pyproject.toml and checked by import-linter.
+
+A package imports only from the packages below it (cli > demo > html_summary > train > eval >
+tasks > model > interpret | synth | io > formats > knowledge > record > config > errors), and no
+two sibling modules or packages import each other, directly or round a loop.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_import_contracts_hold():
+    exe = shutil.which("lint-imports", path=str(Path(sys.executable).parent)) or shutil.which("lint-imports")
+    assert exe, "import-linter is a dev dependency (pip install -e '.[dev]')"
+    run = subprocess.run([exe, "--config", str(ROOT / "pyproject.toml"), "--no-cache"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert "2 kept, 0 broken" in run.stdout
