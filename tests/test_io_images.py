@@ -14,10 +14,10 @@ import pytest
 from PIL import Image
 
 from medfuse.cli import main
-from medfuse.cli.importing import run_import
 from medfuse.errors import InputError
-from medfuse.io import dicom as dicom_io
+from medfuse.io import dicom_header
 from medfuse.io.base import ImportReport
+from medfuse.io.cohort import write_cohort
 from medfuse.io.dicom import import_dicom, read_dicom_image
 from medfuse.io.image import import_images, read_image
 from medfuse.record import boxes
@@ -69,7 +69,7 @@ def modified_ct(tmp_path: Path, name: str, **changes) -> Path:
 # ---------------------------------------------------------------- boxes
 
 def test_doctests_pass():
-    for module in (boxes, dicom_io):
+    for module in (boxes, dicom_header):
         result = doctest.testmod(module)
         assert result.attempted > 0 and result.failed == 0, module.__name__
 
@@ -233,7 +233,7 @@ def test_dicom_study_becomes_one_case_with_hashed_ids(tmp_path):
     raw = pydicom.dcmread(SIIM)
     assert [img.view for img in case.cxr] == ["PA", "LATERAL"]
     assert case.case_id.startswith("dcm-") and raw.StudyInstanceUID not in case.model_dump_json()
-    assert case.patient_id == dicom_io.pseudonym(raw.PatientID, "pt")
+    assert case.patient_id == dicom_header.pseudonym(raw.PatientID, "pt")
     assert str(raw.PatientID) not in (case.patient_id or "")
     assert case.demographics.age == 62 and case.demographics.sex == "M"
     assert report.skipped["file in folder is not DICOM"] == 1
@@ -262,7 +262,7 @@ def test_dicom_ecg_in_the_study_lands_on_the_case(tmp_path):
 
 def test_dicom_import_round_trip_keeps_16_bit_pixels(tmp_path):
     report = ImportReport("dicom")
-    run_import(import_dicom([RG1], report), tmp_path / "cohort", report, quiet=True)
+    write_cohort(import_dicom([RG1], report), tmp_path / "cohort", report, quiet=True)
     [folder] = case_folders(tmp_path / "cohort")
     back = read_case(folder)
     original = read_dicom_image(RG1).pixels

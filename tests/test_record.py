@@ -118,6 +118,18 @@ def test_modalities_and_first_vitals():
     assert v.heart_rate == 100 and v.sbp == 120
 
 
+def test_summary_lists_modalities_flagged_labs_and_labels_without_identifiers():
+    from medfuse.record.summary import summarise_case
+
+    lines = summarise_case(full_case())
+    text = "\n".join(lines)
+    assert lines[0] == "case case-001" and "  demographics: 67 y, F" in lines
+    assert "  modalities: cxr, ecg, labs, vitals, notes, genomics" in lines
+    assert "     H Creatinine: 2.4 mg/dL (ref 0.5-1.2)" in lines and "labs: 2 result(s), 1 flagged" in text
+    assert "ecg: 12 lead(s)" in text and "labels: pneumonia, sepsis" in text
+    assert "p1" not in text  # the patient id is not printed
+
+
 def test_corrupt_case_json_is_one_clear_error(tmp_path):
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "case.json").write_text("{not json")

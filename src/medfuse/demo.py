@@ -24,7 +24,7 @@ def _sample_dir() -> Path:
 
 def import_samples(out: Path) -> ImportReport:
     """Import the bundled real records into `out` (a cohort folder)."""
-    from medfuse.cli.importing import run_import
+    from medfuse.io.cohort import write_cohort
     from medfuse.io.image import import_images
     from medfuse.io.wfdb import import_wfdb
 
@@ -35,7 +35,7 @@ def import_samples(out: Path) -> ImportReport:
         yield from import_wfdb([sample / "00001_lr.hea"], report)
         yield from import_images([sample / "00000001_000.png"], report, labels_csv=sample / "nih_labels.csv")
 
-    run_import(cases(), out, report, overwrite=True, quiet=True)
+    write_cohort(cases(), out, report, overwrite=True, quiet=True)
     return report
 
 
@@ -78,15 +78,17 @@ def cohort_scores(model, cases, results) -> dict:
 
 def run_demo(out: Path, n_synth: int = 24, seed: int = 7, model_path: Path | None = None,
              max_new_tokens: int = 160) -> None:
-    from medfuse.cli.importing import print_summary
-    from medfuse.cli.show_cmd import summarise_case
-    from medfuse.record.store import iter_cohort, read_case
+    from rich.console import Console
+
+    from medfuse.io.cohort import import_summary
+    from medfuse.record.store import iter_cohort
+    from medfuse.record.summary import summarise_case
 
     out = Path(out)
     print("== 1. importing the bundled real sample records ==")
     real = out / "sample_cohort"
     report = import_samples(real)
-    print_summary(report)
+    Console().print(import_summary(report))
     for case in iter_cohort(real):
         print("\n".join(summarise_case(case)))
     print()
@@ -97,8 +99,7 @@ def run_demo(out: Path, n_synth: int = 24, seed: int = 7, model_path: Path | Non
 
     synth_dir = out / "synth_cohort"
     synth_cohort(n=n_synth, seed=seed, out=synth_dir, config=SynthConfig(), workers=1, progress=False)
-    folders = sorted(p for p in synth_dir.iterdir() if (p / "case.json").is_file())
-    cases = [read_case(f) for f in folders]
+    cases = list(iter_cohort(synth_dir))
     # the richest case makes the best illustration
     case = max(cases, key=lambda c: (len(c.modalities()), len(c.labels.disease_names()) if c.labels else 0, c.case_id))
     print("\n".join(summarise_case(case)))
@@ -114,10 +115,10 @@ def run_demo(out: Path, n_synth: int = 24, seed: int = 7, model_path: Path | Non
     import json
     import time
 
-    from medfuse.model.locate import quiet_transformers, resolve_checkpoint
     from medfuse.html_summary import write_html_summary
-    from medfuse.model.diagnose import diagnose_many, format_result, iter_batches
     from medfuse.model import MedFuse
+    from medfuse.model.diagnose import diagnose_many, format_result, iter_batches
+    from medfuse.model.locate import quiet_transformers, resolve_checkpoint
 
     quiet_transformers()
     ckpt = resolve_checkpoint(model_path)

@@ -1,8 +1,28 @@
-"""Typer apps for every verb. Each verb group lives in its own module under medfuse.cli."""
+"""The `medfuse` Typer app: every verb, registered from the module that defines it.
+
+Command modules define plain command functions or their own sub-app and never import
+this module, so the command modules form no import cycle with it. The registration
+order below is the order `medfuse --help` lists the verbs in.
+"""
 
 from __future__ import annotations
 
 import typer
+
+from medfuse.cli.demo_cmd import demo
+from medfuse.cli.diagnose_cmd import diagnose_cmd
+from medfuse.cli.eval_cmd import eval_app
+from medfuse.cli.import_dicom import import_dicom_cmd, import_image_cmd
+from medfuse.cli.import_ecg import import_ecg_array_cmd, import_wfdb_cmd
+from medfuse.cli.import_fhir import import_fhir_cmd
+from medfuse.cli.import_labs import import_labs_csv_cmd
+from medfuse.cli.import_mimic import import_mimic_cmd
+from medfuse.cli.interpret_cmd import interpret_app
+from medfuse.cli.model_cmd import model_app
+from medfuse.cli.show_cmd import show
+from medfuse.cli.synth_cmd import synth
+from medfuse.cli.tasks_cmd import tasks_app
+from medfuse.cli.train_cmd import train_app
 
 app = typer.Typer(
     name="medfuse",
@@ -11,27 +31,22 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
 import_app = typer.Typer(help="Import real-format files into a cohort folder.", no_args_is_help=True)
-app.add_typer(import_app, name="import")
+for _name, _command in (
+    ("dicom", import_dicom_cmd),
+    ("image", import_image_cmd),
+    ("wfdb", import_wfdb_cmd),
+    ("ecg-array", import_ecg_array_cmd),
+    ("fhir", import_fhir_cmd),
+    ("labs-csv", import_labs_csv_cmd),
+    ("mimic-iv", import_mimic_cmd),
+):
+    import_app.command(_name)(_command)
 
+for _name, _command in (("demo", demo), ("diagnose", diagnose_cmd), ("show", show), ("synth", synth)):
+    app.command(_name)(_command)
 
-def _register() -> None:
-    # Importing the modules attaches their commands to `app` / `import_app`.
-    from medfuse.cli import (  # noqa: F401
-        demo_cmd,
-        diagnose_cmd,
-        eval_cmd,
-        import_dicom,
-        import_ecg,
-        import_fhir,
-        import_labs,
-        import_mimic,
-        interpret_cmd,
-        show_cmd,
-        synth_cmd,
-        tasks_cmd,
-        train_cmd,
-    )
-
-
-_register()
+for _name, _group in (("import", import_app), ("model", model_app), ("eval", eval_app), ("interpret", interpret_app),
+                      ("tasks", tasks_app), ("train", train_app)):
+    app.add_typer(_group, name=_name)

@@ -6,10 +6,7 @@ from pathlib import Path
 
 import typer
 
-from medfuse.cli.app import app
 
-
-@app.command("demo")
 def demo(
     out: Path = typer.Option(Path("demo_out"), help="Folder for the demo's outputs."),
     model: Path | None = typer.Option(None, "--model", help="Checkpoint to use (default: the shipped one)."),

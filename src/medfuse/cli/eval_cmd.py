@@ -16,14 +16,12 @@ from pathlib import Path
 
 import typer
 
-from medfuse.cli.app import app
 from medfuse.errors import MedfuseError
 
 eval_app = typer.Typer(
     help="Evaluate a model on medical benchmarks (`eval run`, or `eval --model ...` directly), rescore, report.",
     invoke_without_command=True,
 )
-app.add_typer(eval_app, name="eval")
 
 
 def run(

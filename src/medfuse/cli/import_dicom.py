@@ -6,21 +6,19 @@ from pathlib import Path
 
 import typer
 
-from medfuse.cli.app import import_app
-from medfuse.cli.importing import print_summary, run_import
+from medfuse.cli.importing import JsonOption, OutOption, OverwriteOption, write_and_summarise
 from medfuse.errors import InputError
 from medfuse.io.base import ImportReport
 
 
-@import_app.command("dicom")
 def import_dicom_cmd(
     sources: list[Path] = typer.Argument(..., help="DICOM files, folders (searched recursively) or quoted globs."),
-    out: Path = typer.Option(..., "--out", "-o", help="Cohort folder to write the cases into."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace cases already in the cohort."),
+    out: OutOption = ...,
+    overwrite: OverwriteOption = False,
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip and count unreadable files instead of stopping."),
     all_modalities: bool = typer.Option(False, "--all-modalities",
                                         help="Also keep 2-D images that are not radiographs (CT, MR, ... slices)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
+    as_json: JsonOption = False,
 ) -> None:
     """Import DICOM chest radiographs (and DICOM ECGs of the same study) as one case per study.
 
@@ -36,22 +34,20 @@ def import_dicom_cmd(
     if not studies:
         raise InputError(sources[0], "no readable DICOM files found")
     cases = import_dicom(sources, report, skip_bad=skip_bad, all_modalities=all_modalities, studies=studies)
-    run_import(cases, out, report, total=len(studies), overwrite=overwrite)
-    print_summary(report, as_json=as_json)
+    write_and_summarise(cases, out, report, len(studies), overwrite, as_json)
 
 
-@import_app.command("image")
 def import_image_cmd(
     sources: list[Path] = typer.Argument(..., help="PNG/JPEG/TIFF/BMP files, folders (searched recursively) "
                                                    "or quoted globs."),
-    out: Path = typer.Option(..., "--out", "-o", help="Cohort folder to write the cases into."),
+    out: OutOption = ...,
     coco: Path | None = typer.Option(None, "--coco", help="COCO annotation JSON (e.g. TBX11K): boxes become "
                                                           "findings on the 0-999 grid."),
     labels_csv: Path | None = typer.Option(None, "--labels-csv", help="NIH ChestX-ray14 style CSV ('Image Index', "
                                                                       "'Finding Labels' with '|' separators)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace cases already in the cohort."),
+    overwrite: OverwriteOption = False,
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip and count unreadable images instead of stopping."),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
+    as_json: JsonOption = False,
 ) -> None:
     """Import chest X-ray image files as one case per image, with optional COCO boxes or NIH labels."""
     from medfuse.io.image import find_image_files, import_images, load_coco, load_labels_csv
@@ -64,5 +60,4 @@ def import_image_cmd(
     coco_index = load_coco(coco, report) if coco is not None else None
     labels_table = load_labels_csv(labels_csv, report) if labels_csv is not None else None
     cases = import_images(sources, report, coco=coco_index, labels_csv=labels_table, skip_bad=skip_bad, files=files)
-    run_import(cases, out, report, total=len(files), overwrite=overwrite)
-    print_summary(report, as_json=as_json)
+    write_and_summarise(cases, out, report, len(files), overwrite, as_json)

@@ -6,20 +6,18 @@ from pathlib import Path
 
 import typer
 
-from medfuse.cli.app import import_app
-from medfuse.cli.importing import print_summary, run_import
+from medfuse.cli.importing import JsonOption, OutOption, OverwriteOption, write_and_summarise
 from medfuse.errors import InputError
 from medfuse.io.base import ImportReport
 
 
-@import_app.command("wfdb")
 def import_wfdb_cmd(
     sources: list[Path] = typer.Argument(..., help="WFDB headers (.hea), record names without extension, "
                                                    "signal files (.dat/.mat) or folders (searched recursively)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Cohort folder to write the cases into."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace cases already in the cohort."),
+    out: OutOption = ...,
+    overwrite: OverwriteOption = False,
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip and count unreadable records instead of stopping."),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
+    as_json: JsonOption = False,
 ) -> None:
     """Import PhysioNet WFDB records (MIT-BIH, PTB, PTB-XL, CinC) as one case per record."""
     from medfuse.io.wfdb import find_wfdb_records, import_wfdb
@@ -29,22 +27,20 @@ def import_wfdb_cmd(
         raise InputError(sources[0], "no WFDB records (.hea files) found")
     report = ImportReport(source="wfdb")
     cases = import_wfdb(sources, report, skip_bad=skip_bad, records=records)
-    run_import(cases, out, report, total=len(records), overwrite=overwrite)
-    print_summary(report, as_json=as_json)
+    write_and_summarise(cases, out, report, len(records), overwrite, as_json)
 
 
-@import_app.command("ecg-array")
 def import_ecg_array_cmd(
     sources: list[Path] = typer.Argument(..., help="CSV files (one column per lead) or .npy arrays "
                                                    "(samples x leads), or folders of them."),
-    out: Path = typer.Option(..., "--out", "-o", help="Cohort folder to write the cases into."),
+    out: OutOption = ...,
     fs: float | None = typer.Option(None, "--fs", help="Sampling rate in Hz (required: it is never guessed)."),
     leads: str | None = typer.Option(None, "--leads", help="Comma-separated lead names, e.g. I,II,V1. Required "
                                                            "for .npy and header-less CSV; selects columns otherwise."),
     unit: str = typer.Option("mV", "--unit", help="Unit of the values: mV or uV."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace cases already in the cohort."),
+    overwrite: OverwriteOption = False,
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip and count unreadable files instead of stopping."),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
+    as_json: JsonOption = False,
 ) -> None:
     """Import plain ECG arrays (CSV or NumPy) with a declared sampling rate, one case per file."""
     from medfuse.io.ecg_array import find_array_files, import_ecg_array
@@ -63,5 +59,4 @@ def import_ecg_array_cmd(
         raise InputError(sources[0], "no CSV or .npy files found")
     report = ImportReport(source="ecg-array")
     cases = import_ecg_array(sources, report, fs=fs, leads=lead_names, unit=unit, skip_bad=skip_bad, files=files)
-    run_import(cases, out, report, total=len(files), overwrite=overwrite)
-    print_summary(report, as_json=as_json)
+    write_and_summarise(cases, out, report, len(files), overwrite, as_json)

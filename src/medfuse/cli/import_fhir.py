@@ -6,22 +6,20 @@ from pathlib import Path
 
 import typer
 
-from medfuse.cli.app import import_app
-from medfuse.cli.importing import print_summary, run_import
+from medfuse.cli.importing import JsonOption, OutOption, OverwriteOption, write_and_summarise
 from medfuse.io.base import ImportReport
 
 
-@import_app.command("fhir")
 def import_fhir_cmd(
     sources: list[Path] = typer.Argument(..., help="FHIR JSON (Bundle or one resource) / NDJSON files (optionally .gz), "
                                                    "folders (searched recursively) or quoted globs. All files are read "
                                                    "together, so a bulk export split by resource type links up."),
-    out: Path = typer.Option(..., "--out", "-o", help="Cohort folder to write the cases into."),
+    out: OutOption = ...,
     panel: Path | None = typer.Option(None, "--panel", help="Disease panel YAML for mapping Conditions "
                                                             "(default: the bundled one)."),
     catalogue: Path | None = typer.Option(None, "--catalogue", help="Lab catalogue YAML (default: the bundled one)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace cases already in the cohort."),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
+    overwrite: OverwriteOption = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Import FHIR R4 resources as one case per Encounter (or per Patient without encounters).
 
@@ -36,5 +34,4 @@ def import_fhir_cmd(
     report = ImportReport(source="fhir")
     # Every file is parsed and validated before the first case is written.
     data = read_fhir(sources, report, panel=load_panel(panel), catalogue=load_lab_catalogue(catalogue))
-    run_import(import_fhir(sources, report, data=data), out, report, total=len(data.cases), overwrite=overwrite)
-    print_summary(report, as_json=as_json)
+    write_and_summarise(import_fhir(sources, report, data=data), out, report, len(data.cases), overwrite, as_json)

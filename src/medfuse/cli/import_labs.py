@@ -6,15 +6,13 @@ from pathlib import Path
 
 import typer
 
-from medfuse.cli.app import import_app
-from medfuse.cli.importing import print_summary, run_import
+from medfuse.cli.importing import JsonOption, OutOption, OverwriteOption, write_and_summarise
 from medfuse.io.base import ImportReport
 
 
-@import_app.command("labs-csv")
 def import_labs_csv_cmd(
     sources: list[Path] = typer.Argument(..., help="CSV/TSV files (optionally .gz), folders or quoted globs."),
-    out: Path = typer.Option(..., "--out", "-o", help="Cohort folder to write the cases into."),
+    out: OutOption = ...,
     map_: list[str] = typer.Option([], "--map", help="FIELD=COLUMN, e.g. --map value=Result --map name=Test. "
                                                      "Fields: case_id, name, value, unit, ref_low, ref_high, flag, "
                                                      "time, loinc, fluid, patient_id, age, sex, ref_range."),
@@ -22,8 +20,8 @@ def import_labs_csv_cmd(
                                                                 "(--map pairs override it)."),
     catalogue: Path | None = typer.Option(None, "--catalogue", help="Lab catalogue YAML to map tests and units "
                                                                     "(default: the bundled one)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace cases already in the cohort."),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
+    overwrite: OverwriteOption = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Import lab results (one row per result) as one case per case id.
 
@@ -39,5 +37,4 @@ def import_labs_csv_cmd(
     cat = load_lab_catalogue(catalogue)
     # Every file is read and checked before the first case is written.
     cases = read_labs_csv(sources, report, column_map, cat)
-    run_import(import_labs_csv(sources, report, cases=cases), out, report, total=len(cases), overwrite=overwrite)
-    print_summary(report, as_json=as_json)
+    write_and_summarise(import_labs_csv(sources, report, cases=cases), out, report, len(cases), overwrite, as_json)

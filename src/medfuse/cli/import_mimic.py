@@ -6,16 +6,14 @@ from pathlib import Path
 
 import typer
 
-from medfuse.cli.app import import_app
-from medfuse.cli.importing import print_summary, run_import
+from medfuse.cli.importing import JsonOption, OutOption, OverwriteOption, write_and_summarise
 from medfuse.io.base import ImportReport
 
 
-@import_app.command("mimic-iv")
 def import_mimic_cmd(
     root: Path = typer.Argument(..., help="MIMIC-IV release folder (holding hosp/) or its hosp/ folder; "
                                           "tables as .csv.gz or .csv."),
-    out: Path = typer.Option(..., "--out", "-o", help="Cohort folder to write the cases into."),
+    out: OutOption = ...,
     window_hours: float = typer.Option(24.0, "--window-hours",
                                        help="Keep labs charted up to this many hours after admission."),
     include_ed_labs: bool = typer.Option(False, "--include-ed-labs",
@@ -24,8 +22,8 @@ def import_mimic_cmd(
     limit: int | None = typer.Option(None, "--limit", help="Import only the first N admissions."),
     panel_file: Path | None = typer.Option(None, "--panel", help="Disease panel YAML (default: the built-in "
                                                                  "nine-disease panel)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace cases already in the cohort."),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
+    overwrite: OverwriteOption = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Import MIMIC-IV hosp tables: one case per admission with demographics, labs and diagnoses.
 
@@ -44,5 +42,4 @@ def import_mimic_cmd(
         total = min(total, limit)
     cases = import_mimic_iv(root, report, window_hours=window_hours, panel=panel, limit=limit,
                             include_ed_labs=include_ed_labs)
-    run_import(cases, out, report, total=total, overwrite=overwrite)
-    print_summary(report, as_json=as_json)
+    write_and_summarise(cases, out, report, total, overwrite, as_json)

@@ -1,73 +1,34 @@
-"""The shared driver behind `medfuse import ...`: progress, atomic writes, index, summary."""
+"""What the `medfuse import ...` commands share: their common options, and writing the
+imported cases into the cohort folder (`medfuse.io.cohort.write_cohort`) followed by
+the summary."""
 
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Annotated
 
-from tqdm import tqdm
+import typer
 
-from medfuse.errors import InputError
 from medfuse.io.base import ImportReport
 from medfuse.record.case import PatientCase
-from medfuse.record.store import CASE_FILE, write_case, write_index
+
+OutOption = Annotated[Path, typer.Option("--out", "-o", help="Cohort folder to write the cases into.")]
+OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace cases already in the cohort.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")]
 
 
-def run_import(cases: Iterable[PatientCase], out: Path, report: ImportReport, total: int | None = None,
-               overwrite: bool = False, quiet: bool = False) -> ImportReport:
-    """Write every case from `cases` into `out/<case_id>/`, then rebuild the cohort index.
+def write_and_summarise(cases: Iterable[PatientCase], out: Path, report: ImportReport, total: int | None,
+                        overwrite: bool, as_json: bool) -> None:
+    """Write `cases` into the cohort `out`, then print the import summary (one JSON
+    object with `as_json`, else tables on the console)."""
+    from medfuse.io.cohort import import_summary, write_cohort
 
-    A case folder is written atomically; an `InputError` raised by the importer stops the
-    run (cases written before it stay complete and indexed) and propagates to the CLI.
-    """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise InputError(out, "output exists and is not a folder")
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    seen: set[str] = set()
-    bar = tqdm(total=total, unit="case", desc=f"import {report.source}", disable=quiet or None, file=sys.stderr)
-    try:
-        for case in cases:
-            if case.case_id in seen:
-                report.skip("duplicate case id in this import")
-                continue
-            seen.add(case.case_id)
-            target = out / case.case_id
-            if target.exists() and not overwrite and (target / CASE_FILE).exists():
-                report.skip("case already in the cohort (use --overwrite)")
-                continue
-            write_case(case, target)
-            report.cases_written += 1
-            if case.labels:
-                for name in case.labels.disease_names():
-                    report.per_disease[name] += 1
-            bar.update(1)
-    finally:
-        bar.close()
-        if report.cases_written:
-            write_index(out)
-        elif created and not any(out.iterdir()):
-            out.rmdir()  # a failed first import leaves nothing behind
-    return report
-
-
-def print_summary(report: ImportReport, as_json: bool = False) -> None:
+    write_cohort(cases, out, report, total=total, overwrite=overwrite)
     if as_json:
         print(json.dumps(report.as_dict(), ensure_ascii=False))
         return
     from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
 
-    console = Console()
-    console.print(f"[bold]{report.source}[/bold]: {report.cases_written} case(s) written")
-    for title, counter in (("skipped", report.skipped), ("kept with a note", report.notes), ("cases per disease", report.per_disease)):
-        if counter:
-            t = Table(title=title, title_justify="left", show_header=False, box=None, pad_edge=False)
-            for k, v in sorted(counter.items(), key=lambda kv: (-kv[1], kv[0])):
-                # escape: reasons hold UCUM units such as '[degF]' or 'mm[Hg]', which rich reads as markup.
-                t.add_row(f"  {escape(k)}", str(v))
-            console.print(t)
+    Console().print(import_summary(report))

@@ -7,10 +7,7 @@ from pathlib import Path
 
 import typer
 
-from medfuse.cli.app import app
 
-
-@app.command("synth")
 def synth(
     n: int | None = typer.Option(None, "--n", help="Number of cases (default: the config's, 100)."),
     seed: int | None = typer.Option(None, "--seed", help="Master seed; the same seed gives a byte-identical cohort."),

@@ -7,11 +7,8 @@ from pathlib import Path
 
 import typer
 
-from medfuse.cli.app import app
-
 tasks_app = typer.Typer(help="Build and inspect instruction data (diagnosis with a chain of evidence, per-modality "
                              "QA, region tasks, reports; English and Chinese).", no_args_is_help=True)
-app.add_typer(tasks_app, name="tasks")
 
 
 @tasks_app.command("build")

@@ -20,11 +20,9 @@ from typing import Any
 
 import typer
 
-from medfuse.cli.app import app
 from medfuse.train.config import STAGES, StageConfig
 
 train_app = typer.Typer(help="Train a stage of the model: encoders -> align -> sft -> grpo.", no_args_is_help=True)
-app.add_typer(train_app, name="train")
 
 
 def _flag_type(annotation: Any) -> Any | None:
@@ -90,7 +88,7 @@ for _stage, _cls in STAGES.items():
 
 
 def _register_evaluate() -> None:
-    from medfuse.cli.diagnose_cmd import model_app
+    from medfuse.cli.model_cmd import model_app
 
     @model_app.command("evaluate")
     def model_evaluate_cmd(

@@ -1,20 +1,25 @@
-"""What every importer shares: a report of what was written and skipped, and the
-`run_import` driver (progress bar, atomic case writes, cohort index, summary).
+"""What every importer shares: a report of what was written and skipped, finding the
+files named by paths, folders and globs, and reading one file without stopping the run.
 
 An importer is a generator `(source, report, **options) -> Iterator[PatientCase]`. It
 raises `medfuse.errors.InputError` for a file it cannot read at all, and calls
 `report.skip(reason)` for an odd item inside a valid file (a text lab value, an
-unknown unit, a duplicated result), so nothing is dropped silently.
+unknown unit, a duplicated result), so nothing is dropped silently. Writing the cases
+into a cohort folder is `medfuse.io.cohort.write_cohort`.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
+from medfuse.errors import InputError
 from medfuse.record.case import PatientCase
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -59,13 +64,7 @@ def expand_paths(sources: Iterable[str | Path], patterns: tuple[str, ...] = ("*"
                 out.extend(x for x in p.rglob(pat) if x.is_file() and not any(part.startswith(".") for part in x.relative_to(p).parts))
         else:
             out.append(p)
-    seen: set[Path] = set()
-    uniq = []
-    for p in sorted(out):
-        if p not in seen:
-            seen.add(p)
-            uniq.append(p)
-    return uniq
+    return list(dict.fromkeys(sorted(out)))
 
 
 def safe_case_id(text: str) -> str:
@@ -74,6 +73,39 @@ def safe_case_id(text: str) -> str:
 
     s = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._-")
     return s or "case"
+
+
+def read_source_bytes(path: Path) -> bytes:
+    """The content of a source file, decompressed when its name ends in `.gz`.
+
+    Raises `InputError` naming the file when it is missing or not a readable gzip file.
+    """
+    if not path.is_file():
+        raise InputError(path, "no such file")
+    raw = path.read_bytes()
+    if path.suffix == ".gz":
+        import gzip
+
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as e:
+            raise InputError(path, f"not a readable gzip file ({e.__class__.__name__})") from None
+    return raw
+
+
+def read_or_skip(report: ImportReport, skip_bad: bool, reason: str, read: Callable[..., T], *args: Any) -> T | None:
+    """`read(*args)`, or with `skip_bad` None when it raises `InputError` (counted in
+    `report` as `reason`).
+
+    Without `skip_bad` the error propagates: one unreadable file stops the import.
+    """
+    try:
+        return read(*args)
+    except InputError:
+        if not skip_bad:
+            raise
+        report.skip(reason)
+        return None
 
 
 CaseStream = Iterator[PatientCase]

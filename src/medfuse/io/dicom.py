@@ -21,8 +21,6 @@ hashes, never the raw UIDs, patient names or patient IDs.
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
 import re
 import struct
 import warnings
@@ -35,7 +33,8 @@ import numpy as np
 
 from medfuse.errors import InputError
 from medfuse.io.base import ImportReport, expand_paths
-from medfuse.record.case import ECG, CXRImage, Demographics, PatientCase
+from medfuse.io.dicom_header import dicom_demographics, pseudonym, study_time
+from medfuse.record.case import ECG, CXRImage, PatientCase
 
 # Projection radiography (CR, DX and the older RG/DR) plus objects that often carry a
 # digitised or converted chest film (secondary capture, "other") or no modality at all.
@@ -62,84 +61,6 @@ _VIEW_CODE_MEANINGS = {
 
 
 # ---------------------------------------------------------------- small helpers
-
-def pseudonym(value: str, prefix: str, length: int = 12) -> str:
-    """A short, stable, non-reversible-looking id for an identifier (UID, patient ID).
-
-    >>> pseudonym("1.2.3", "dcm")
-    'dcm-c47f5b18b8a4'
-
-    The same input always gives the same id, so a patient's studies stay together in
-    patient-level splits. Short identifiers can be found again by trying every value, so
-    treat the result as a pseudonym, not as anonymisation.
-    """
-    digest = hashlib.sha256(value.strip().encode("utf-8")).hexdigest()[:length]
-    return f"{prefix}-{digest}"
-
-
-def parse_dicom_age(text: str | None) -> float | None:
-    """DICOM Age String ('042Y', '018M', '003W', '010D'; plain '62' read as years) -> years.
-
-    >>> parse_dicom_age("042Y"), parse_dicom_age("018M"), parse_dicom_age("62")
-    (42.0, 1.5, 62.0)
-    >>> parse_dicom_age("") is None, parse_dicom_age("999Y") is None
-    (True, True)
-    """
-    s = (text or "").strip().upper()
-    m = re.fullmatch(r"(\d{1,3})\s*([DWMY]?)", s)
-    if not m:
-        return None
-    per_year = {"D": 365.25, "W": 52.1775, "M": 12.0, "Y": 1.0, "": 1.0}[m.group(2)]
-    years = int(m.group(1)) / per_year
-    return round(years, 2) if years <= 130 else None
-
-
-def _dicom_date(value: Any) -> dt.date | None:
-    from pydicom.valuerep import DA
-
-    s = str(value or "").strip()
-    if not s:
-        return None
-    try:
-        d = DA(s)
-    except ValueError:
-        return None
-    return None if d is None else dt.date(d.year, d.month, d.day)
-
-
-def _study_time(ds) -> dt.datetime | None:
-    """Study Date + Study Time (time optional) as a naive datetime."""
-    from pydicom.valuerep import TM
-
-    day = _dicom_date(ds.get("StudyDate"))
-    if day is None:
-        return None
-    t = dt.time()
-    raw = str(ds.get("StudyTime", "") or "").strip()
-    if raw:
-        try:
-            tm = TM(raw)
-            t = dt.time(tm.hour, tm.minute, tm.second)
-        except ValueError:
-            pass
-    return dt.datetime.combine(day, t)
-
-
-def dicom_demographics(ds, report: ImportReport | None = None) -> Demographics:
-    """Age and sex from the patient module. Age comes from Patient's Age, or else from the
-    birth date and the study date; sex 'F', 'M' or 'O'."""
-    age = parse_dicom_age(ds.get("PatientAge"))
-    if age is None:
-        birth, study = _dicom_date(ds.get("PatientBirthDate")), _dicom_date(ds.get("StudyDate"))
-        if birth and study and study >= birth:
-            years = (study - birth).days / 365.25
-            if years <= 130:
-                age = float(int(years))
-                if report is not None:
-                    report.note("age computed from birth date and study date")
-    sex = str(ds.get("PatientSex", "") or "").strip().upper()
-    return Demographics(age=age, sex=sex if sex in ("F", "M", "O") else None)
-
 
 def _view(ds) -> str | None:
     raw = str(ds.get("ViewPosition", "") or "").strip().upper()
@@ -434,7 +355,8 @@ def import_dicom(paths: Iterable[str | Path], report: ImportReport, skip_bad: bo
     """
     import pydicom
 
-    from medfuse.io import ecg_dicom  # written beside this module; imported lazily
+    # Lazily: ecg_dicom imports pydicom at module level, and most imports have no ECG.
+    from medfuse.io import ecg_dicom
 
     accepted = None if all_modalities else RADIOGRAPH_MODALITIES
     for study in studies if studies is not None else find_dicom_studies(paths, report, skip_bad):
@@ -482,7 +404,7 @@ def import_dicom(paths: Iterable[str | Path], report: ImportReport, skip_bad: bo
         yield PatientCase(
             case_id=pseudonym(study.key, "dcm"),
             patient_id=pseudonym(patient, "pt") if patient else None,
-            time=_study_time(first_ds),
+            time=study_time(first_ds),
             demographics=dicom_demographics(first_ds, report),
             cxr=images,
             ecg=ecg,

@@ -17,8 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from medfuse.errors import InputError
-from medfuse.io.base import ImportReport, expand_paths, safe_case_id
-from medfuse.io.ecg_leads import grid_gain, non_ecg_reason, standard_lead_name, units_per_mv
+from medfuse.io.base import ImportReport, expand_paths, read_or_skip, safe_case_id
+from medfuse.io.ecg_leads import (
+    grid_gain,
+    non_ecg_reason,
+    standard_lead_name,
+    units_per_mv,
+)
 from medfuse.record.case import ECG, PatientCase
 
 ARRAY_SUFFIXES = (".csv", ".tsv", ".txt", ".npy")
@@ -216,12 +221,8 @@ def import_ecg_array(paths: Iterable[str | Path], report: ImportReport, fs: floa
     `InputError`, or with `skip_bad` is skipped and counted.
     """
     for path in files if files is not None else find_array_files(paths):
-        try:
-            ecg = read_ecg_array(path, fs, leads, unit, report)
-        except InputError:
-            if not skip_bad:
-                raise
-            report.skip("unreadable ECG array file")
+        ecg = read_or_skip(report, skip_bad, "unreadable ECG array file", read_ecg_array, path, fs, leads, unit, report)
+        if ecg is None:
             continue
         yield PatientCase(
             case_id=safe_case_id(path.stem),

@@ -19,8 +19,14 @@ import numpy as np
 from pydicom.multival import MultiValue
 
 from medfuse.errors import InputError
-from medfuse.io.base import ImportReport, expand_paths
-from medfuse.io.ecg_leads import lead_from_label, non_ecg_reason, standard_order, units_per_mv
+from medfuse.io.base import ImportReport, expand_paths, read_or_skip
+from medfuse.io.dicom_header import dicom_demographics, pseudonym
+from medfuse.io.ecg_leads import (
+    lead_from_label,
+    non_ecg_reason,
+    standard_order,
+    units_per_mv,
+)
 from medfuse.record.case import ECG, PatientCase
 
 # SCP-ECG lead codes (DICOM CID 3001 'ECG Leads', scheme SCPECG) for channels whose Code
@@ -284,30 +290,21 @@ def import_dicom_ecg(paths: Iterable[str | Path], report: ImportReport, skip_bad
     import pydicom
     from pydicom.misc import is_dicom
 
-    from medfuse.io.dicom import dicom_demographics, pseudonym
-
     paths = list(paths)
     named = {Path(p) for p in paths if not Path(p).is_dir()}
     for path in files if files is not None else expand_paths(paths):
         if path not in named and not is_dicom(path):
             report.skip("not a DICOM file (in a folder)")  # README, licence, thumbnails beside the data
             continue
-        try:
-            ds, _ = _dataset(path)
-        except InputError:
-            if not skip_bad:
-                raise
-            report.skip("unreadable DICOM file")
+        opened = read_or_skip(report, skip_bad, "unreadable DICOM file", _dataset, path)
+        if opened is None:
             continue
+        ds = opened[0]
         if "WaveformSequence" not in ds:
             report.skip("DICOM file without a waveform")
             continue
-        try:
-            ecg = read_dicom_ecg(ds, report)
-        except InputError:
-            if not skip_bad:
-                raise
-            report.skip("unreadable DICOM waveform")
+        ecg = read_or_skip(report, skip_bad, "unreadable DICOM waveform", read_dicom_ecg, ds, report)
+        if ecg is None:
             continue
         ecg.source = path.name
         patient = str(ds.get("PatientID", "") or "").strip()

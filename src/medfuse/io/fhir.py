@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import gzip
 import html
 import json
 import re
@@ -55,7 +54,7 @@ from urllib.parse import unquote, urlparse
 from pydantic import ValidationError
 
 from medfuse.errors import InputError
-from medfuse.io.base import ImportReport, expand_paths, safe_case_id
+from medfuse.io.base import ImportReport, expand_paths, read_source_bytes, safe_case_id
 from medfuse.io.labs_common import dedupe_labs, make_lab_result
 from medfuse.io.labs_csv import parse_range
 from medfuse.knowledge.labs import LabCatalogue, load_lab_catalogue, normalise_unit
@@ -158,14 +157,7 @@ def find_fhir_files(paths: Iterable[str | Path]) -> list[Path]:
 
 
 def _read_text(path: Path) -> str:
-    if not path.is_file():
-        raise InputError(path, "no such file")
-    raw = path.read_bytes()
-    if path.suffix == ".gz":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as e:
-            raise InputError(path, f"not a readable gzip file ({e.__class__.__name__})") from None
+    raw = read_source_bytes(path)
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:

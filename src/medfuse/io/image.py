@@ -20,7 +20,6 @@ input; a model fed the case must not see its own targets.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -30,9 +29,17 @@ from typing import Any
 import numpy as np
 
 from medfuse.errors import InputError
-from medfuse.io.base import ImportReport, expand_paths, safe_case_id
+from medfuse.io.base import ImportReport, expand_paths, read_or_skip, safe_case_id
 from medfuse.record.boxes import coco_to_xyxy, pixel_to_grid
-from medfuse.record.case import CXRImage, Demographics, Diagnosis, Finding, Labels, PatientCase
+from medfuse.record.case import (
+    CXRImage,
+    Demographics,
+    Diagnosis,
+    Finding,
+    Labels,
+    PatientCase,
+)
+from medfuse.record.store import read_json
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 _PIL_FORMATS = {"PNG", "JPEG", "MPO", "TIFF", "BMP"}  # MPO: multi-picture JPEG from some cameras
@@ -142,10 +149,7 @@ def load_coco(path: str | Path, report: ImportReport) -> CocoIndex:
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "no such file")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(path, f"invalid JSON ({e.__class__.__name__} at line {getattr(e, 'lineno', '?')})") from None
+    data = read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(data.get("annotations"), list):
         raise InputError(path, "not a COCO annotation file (needs 'images' and 'annotations' lists)")
     categories: dict[Any, str] = {}
@@ -256,7 +260,7 @@ def load_labels_csv(path: str | Path, report: ImportReport) -> LabelsTable:
     """
     import pandas as pd
 
-    from medfuse.io.dicom import parse_dicom_age
+    from medfuse.io.dicom_header import parse_dicom_age
 
     path = Path(path)
     if not path.is_file():
@@ -340,12 +344,8 @@ def import_images(paths: Iterable[str | Path], report: ImportReport, coco: str |
     labels_table = load_labels_csv(labels_csv, report) if isinstance(labels_csv, str | Path) else labels_csv
     panel = load_panel()
     for path in files if files is not None else find_image_files(paths, report):
-        try:
-            image = read_image(path, report)
-        except InputError:
-            if not skip_bad:
-                raise
-            report.skip("unreadable image file")
+        image = read_or_skip(report, skip_bad, "unreadable image file", read_image, path, report)
+        if image is None:
             continue
         width, height = int(image.width or 0), int(image.height or 0)
         findings: list[Finding] = []

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medfuse.errors import ConfigError, InputError
-from medfuse.io.base import ImportReport, expand_paths, safe_case_id
+from medfuse.io.base import ImportReport, expand_paths, read_source_bytes, safe_case_id
 from medfuse.io.labs_common import dedupe_labs, make_lab_result, parse_number
 from medfuse.knowledge.labs import LabCatalogue, load_lab_catalogue
 from medfuse.record.case import Demographics, LabResult, PatientCase
@@ -105,16 +105,7 @@ def _read_mapping_file(path: Path) -> dict[str, str]:
 # ---------------------------------------------------------------- reading
 
 def _read_text(path: Path, report: ImportReport) -> str:
-    if not path.is_file():
-        raise InputError(path, "no such file")
-    raw = path.read_bytes()
-    if path.suffix == ".gz":
-        import gzip
-
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as e:
-            raise InputError(path, f"not a readable gzip file ({e.__class__.__name__})") from None
+    raw = read_source_bytes(path)
     if b"\x00" in raw[:4096]:
         raise InputError(path, "not a text CSV file (binary content)")
     try:

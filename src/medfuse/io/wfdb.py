@@ -369,13 +369,7 @@ def find_wfdb_records(sources: Iterable[str | Path]) -> list[Path]:
             records.extend(_drop_segments([h.with_suffix("") for h in headers]))
         else:
             records.append(_record_base(path))
-    seen: set[Path] = set()
-    unique = []
-    for r in records:
-        if r not in seen:
-            seen.add(r)
-            unique.append(r)
-    return unique
+    return list(dict.fromkeys(records))
 
 
 def _drop_segments(records: list[Path]) -> list[Path]:

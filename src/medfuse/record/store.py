@@ -15,6 +15,7 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -144,16 +145,21 @@ def read_wfdb_signal(folder: Path, record: str) -> tuple[np.ndarray, float, list
     return sig, float(rec.fs), list(rec.sig_name)
 
 
+def read_json(path: Path) -> Any:
+    """The content of a UTF-8 JSON file; `InputError` naming the file when it is not valid JSON."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(path, f"invalid JSON ({type(e).__name__} at line {getattr(e, 'lineno', '?')})") from None
+
+
 def read_case(folder: str | Path, load_bulk: bool = True) -> PatientCase:
     """Read a case folder written by `write_case`."""
     folder = Path(folder)
     path = folder / CASE_FILE
     if not path.is_file():
         raise InputError(folder, f"not a case folder (no {CASE_FILE})")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(path, f"invalid JSON ({type(e).__name__} at line {getattr(e, 'lineno', '?')})") from None
+    data = read_json(path)
     try:
         case = PatientCase.model_validate(data)
     except Exception as e:  # pydantic.ValidationError: keep the first problem only, no values
