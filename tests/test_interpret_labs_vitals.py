@@ -105,7 +105,8 @@ def test_unmapped_tests_are_kept_and_marked():
         _lab("Glucose", 300, "mg/dL", fluid="Urine"),  # urine glucose must not borrow the blood range
         LabResult(name="Culture", value=None, value_text="see note"),
     ]
-    ev = interpret_labs(PatientCase(case_id="c", labs=labs))
+    # An imported case: the importer mapped each result knowing its fluid.
+    ev = interpret_labs(PatientCase(case_id="c", labs=labs, provenance={"importer": "labs_csv"}))
     assert len(ev) == 4
     assert (ev[0].item, ev[0].interpretation, ev[0].detail["mapped"], ev[0].abnormal) == (
         "Magic Marker X", "unmapped", False, False)

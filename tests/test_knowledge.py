@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from medfuse.errors import InputError
-from medfuse.knowledge.labs import load_lab_catalogue, normalise_unit
+from medfuse.knowledge.labs import lab_entries, load_lab_catalogue, normalise_unit
 from medfuse.knowledge.panel import load_panel
+from medfuse.record.case import LabResult, PatientCase
 
 
 def test_default_panel_has_the_nine_diseases():
@@ -67,3 +68,29 @@ def test_lab_catalogue_lookup_and_units():
     assert cat.get("hba1c").to_canonical(48, "mmol/mol") == pytest.approx(6.54, abs=0.01)
     assert glucose.to_canonical(5.5, "furlongs") is None
     assert normalise_unit("K/uL") == "10*3/uL" and normalise_unit("mEq/L") == "meq/L"
+
+
+def test_lab_entries_trust_the_importer_and_match_hand_built_results_by_name():
+    labs = [
+        LabResult(name="Creatinine", code="creatinine", value=1.0, unit="mg/dL"),
+        LabResult(name="whatever", loinc="2823-3", value=4.1, unit="mmol/L"),  # LOINC maps anywhere
+        LabResult(name="肌酐", value=88.4, unit="umol/L"),  # Chinese name, alternative unit
+        LabResult(name="Glucose", value=300, unit="mg/dL"),  # an importer left it unmapped (urine)
+    ]
+    hand = lab_entries(PatientCase(case_id="h", labs=labs))
+    assert [e and e.key for e in hand] == ["creatinine", "potassium", "creatinine", "glucose"]
+    imported = lab_entries(PatientCase(case_id="i", labs=labs, provenance={"importer": "mimic_iv"}))
+    assert [e and e.key for e in imported] == ["creatinine", "potassium", None, None]
+    assert hand[2].to_canonical(labs[2].value, labs[2].unit) == pytest.approx(1.0, abs=0.001)
+
+
+def test_abnormal_evidence_supports_its_diseases_and_normal_evidence_none():
+    from medfuse.knowledge.evidence_support import finding_supports, supported_diseases
+    from medfuse.record.evidence import Evidence
+
+    raised = Evidence(modality="labs", item="troponin_t", value=0.5, interpretation="high", abnormal=True, source="labs[0]")
+    normal = Evidence(modality="labs", item="troponin_t", value=0.0, interpretation="normal", abnormal=False, source="labs[0]")
+    st = Evidence(modality="ecg", item="ST elevation V2", value=0.3, interpretation="present", abnormal=True, source="ecg:lead V2")
+    assert supported_diseases(raised) == {"coronary_artery_disease"} == supported_diseases(st)
+    assert supported_diseases(normal) == set()
+    assert finding_supports("Consolidation") == {"pneumonia", "sepsis"}

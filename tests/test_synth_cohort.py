@@ -324,3 +324,14 @@ def test_fast_wfdb_writer_matches_wfdb(tmp_path):
                     fmt=["16"] * leads, adc_gain=[1000.0] * leads, baseline=[0] * leads, write_dir=str(ref))
         for f in ("ecg.hea", "ecg.dat"):
             assert (ours / f).read_bytes() == (ref / f).read_bytes()
+
+
+def test_every_symptom_a_note_can_name_has_english_and_chinese_wording():
+    from medfuse.synth import notes
+
+    named = {s for by_disease in notes.SYMPTOMS.values() for s in by_disease}
+    named |= {*notes.ACUTE_CAD_SYMPTOMS, *notes.SEPSIS_SOURCE_SYMPTOMS.values(), *notes.BACKGROUND_SYMPTOMS,
+              *notes.MINOR_COMPLAINTS, *notes.NEGATABLE}
+    for lang in ("en", "zh"):
+        phrases = notes.symptom_phrases(lang)
+        assert named <= set(phrases) and all(phrases[s] for s in named), lang

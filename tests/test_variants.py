@@ -30,3 +30,18 @@ def test_case_evidence_marks_only_drivers_abnormal():
     ev = genomics_evidence(case)
     assert [e.abnormal for e in ev] == [False, True]
     assert ev[0].interpretation == "benign" and ev[1].detail["supports"] == "lung_cancer"
+
+
+def test_fusion_reported_under_its_partner_and_bracketed_hgvs_are_drivers():
+    for v, alteration in [(Variant(gene="EML4", hgvs="EML4::ALK"), "ALK_FUSION"),
+                          (Variant(gene="EGFR", hgvs="p.(L747_P753delinsS)"), "EGFR_EX19DEL"),
+                          (Variant(gene="MET", hgvs="c.3028+1G>T", consequence="splice_donor_variant"), "MET_EX14")]:
+        call = classify_variant(v)
+        assert call.abnormal and call.alteration == alteration, v
+
+
+def test_every_model_genomics_slot_is_a_driver_of_the_knowledge_file():
+    from medfuse.knowledge.variants import variant_knowledge
+    from medfuse.model.inputs import HOTSPOTS
+
+    assert set(HOTSPOTS) <= {d.id for d in variant_knowledge().drivers}

@@ -4,7 +4,8 @@ The flag comes from the result's own reference range (the laboratory that measur
 knows its assay best), else from the lab catalogue's adult range; the catalogue's
 critical limits turn L/H into LL/HH. Censored results ('<0.01') are flagged only when
 every value the bound allows gets the same flag, so a troponin T of '<0.01' ng/mL with
-range 0-0.01 is normal, not low. Results the catalogue does not know are kept, marked
+range 0-0.01 is normal, not low. Results are mapped onto the catalogue by
+`medfuse.knowledge.labs.lab_entries`; those it does not know are kept, marked
 `mapped: False` in `detail`, and read against their own range when they have one
 (interpretation 'unmapped' when they have none).
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import math
 
-from medfuse.knowledge.labs import LabCatalogue, LabEntry, load_lab_catalogue, normalise_unit
+from medfuse.knowledge.labs import LabCatalogue, LabEntry, lab_entries, normalise_unit
 from medfuse.record.case import LabResult, PatientCase
 from medfuse.record.evidence import Evidence
 
@@ -98,24 +99,9 @@ def lab_flag(
     return ends[0] if ends[0] == ends[1] else "IND"
 
 
-def _catalogue_entry(result: LabResult, catalogue: LabCatalogue) -> LabEntry | None:
-    # The importer mapped the result already (knowing its specimen fluid); looking the
-    # name up again here would map e.g. a urine glucose onto blood glucose. A LOINC code
-    # is specimen-specific, so it is a safe fallback for hand-built results.
-    if result.code:
-        try:
-            return catalogue.get(result.code)
-        except KeyError:
-            return None
-    if result.loinc:
-        return catalogue.lookup(loinc=result.loinc)
-    return None
-
-
-def interpret_lab(result: LabResult, index: int, catalogue: LabCatalogue | None = None) -> Evidence:
-    """One result as Evidence; `index` is its position in `case.labs` (cited as 'labs[i]')."""
-    catalogue = catalogue or load_lab_catalogue()
-    entry = _catalogue_entry(result, catalogue)
+def interpret_lab(result: LabResult, index: int, entry: LabEntry | None) -> Evidence:
+    """One result as Evidence; `index` is its position in `case.labs` (cited as 'labs[i]'),
+    `entry` its catalogue entry (`lab_entries(case)`; None for an unmapped test)."""
     unit = normalise_unit(result.unit)
     item = entry.key if entry is not None else result.name
     value_cited: float | str | None
@@ -185,8 +171,8 @@ def interpret_labs(case: PatientCase, catalogue: LabCatalogue | None = None) -> 
     and where it came from ('result', 'catalogue', 'source flag'), the source's own flag,
     and `mapped` (False for tests the catalogue does not know).
     """
-    catalogue = catalogue or load_lab_catalogue()
-    return [interpret_lab(r, i, catalogue) for i, r in enumerate(case.labs)]
+    entries = lab_entries(case, catalogue)
+    return [interpret_lab(r, i, entry) for i, (r, entry) in enumerate(zip(case.labs, entries, strict=True))]
 
 
 __all__ = ["ABNORMAL_FLAGS", "INTERPRETATION", "interpret_lab", "interpret_labs", "lab_flag"]

@@ -48,17 +48,22 @@ def temperature_reading(celsius: float) -> str:
     return "normal"
 
 
+def _band_reading(value: float, low: float, high: float, *, below: str, above: str) -> str:
+    # Rates are abnormal strictly outside their band: a limit itself is normal.
+    if value > high:
+        return above
+    if value < low:
+        return below
+    return "normal"
+
+
 def heart_rate_reading(bpm: float) -> str:
     """'tachycardia' (> 100 /min), 'bradycardia' (< 60 /min) or 'normal'.
 
     >>> heart_rate_reading(112), heart_rate_reading(72), heart_rate_reading(48)
     ('tachycardia', 'normal', 'bradycardia')
     """
-    if bpm > 100:
-        return "tachycardia"
-    if bpm < 60:
-        return "bradycardia"
-    return "normal"
+    return _band_reading(bpm, 60, 100, below="bradycardia", above="tachycardia")
 
 
 def resp_rate_reading(per_min: float) -> str:
@@ -67,11 +72,7 @@ def resp_rate_reading(per_min: float) -> str:
     >>> resp_rate_reading(24), resp_rate_reading(16), resp_rate_reading(8)
     ('tachypnoea', 'normal', 'bradypnoea')
     """
-    if per_min > 20:
-        return "tachypnoea"
-    if per_min < 12:
-        return "bradypnoea"
-    return "normal"
+    return _band_reading(per_min, 12, 20, below="bradypnoea", above="tachypnoea")
 
 
 def spo2_reading(percent: float) -> str:
@@ -248,13 +249,11 @@ def _extreme(case: PatientCase, field: str, worst: Callable[[float], float]) -> 
 
 def _wbc(case: PatientCase) -> tuple[float | None, str | None]:
     """The most deviant white-cell count (10*3/uL) among the case's labs, with its source."""
-    from medfuse.knowledge.labs import load_lab_catalogue
+    from medfuse.knowledge.labs import lab_entries
 
-    entry = load_lab_catalogue().get("wbc")
     best: tuple[float, float, str] | None = None
-    for i, r in enumerate(case.labs):
-        mapped = r.code == "wbc" or (r.code is None and r.loinc in entry.loinc)
-        if not mapped or r.value is None or r.censored or not entry.knows_unit(r.unit):
+    for i, (r, entry) in enumerate(zip(case.labs, lab_entries(case), strict=True)):
+        if entry is None or entry.key != "wbc" or r.value is None or r.censored or not entry.knows_unit(r.unit):
             continue
         value = entry.to_canonical(r.value, r.unit)
         score = max(value - 12.0, 4.0 - value)  # distance beyond the SIRS limits

@@ -1,7 +1,8 @@
 """The lab catalogue (data file) and unit normalisation to UCUM.
 
 `load_lab_catalogue()` reads `data/labs_catalogue.yaml`; `LabCatalogue.lookup` maps a
-local test name or LOINC code to an entry, and `LabEntry.to_canonical` converts a value
+local test name or LOINC code to an entry, `lab_entries(case)` maps a case's results (the
+one rule every reader of lab results uses), and `LabEntry.to_canonical` converts a value
 from any unit the entry knows to its canonical UCUM unit.
 """
 
@@ -11,12 +12,11 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
-from importlib import resources
 from pathlib import Path
 
-import yaml
-
 from medfuse.errors import InputError
+from medfuse.knowledge.data_files import parse_yaml, read_data_file
+from medfuse.record.case import LabResult, PatientCase
 
 # Spellings seen in lab systems -> UCUM. Keys are compared after `_unit_key`.
 _UNIT_ALIASES: dict[str, str] = {
@@ -147,13 +147,18 @@ class LabCatalogue:
         return [e.key for e in self.entries]
 
     def get(self, key: str) -> LabEntry:
-        for e in self.entries:
-            if e.key == key:
-                return e
-        raise KeyError(key)
+        """The entry with this key; KeyError when the catalogue has none."""
+        return self._key_table[key]
 
     # Lookup tables built once per catalogue (cached_property writes the instance __dict__
     # directly, which a frozen dataclass allows); hashing the catalogue per call was slow.
+    @cached_property
+    def _key_table(self) -> dict[str, LabEntry]:
+        table: dict[str, LabEntry] = {}
+        for e in self.entries:
+            table.setdefault(e.key, e)
+        return table
+
     @cached_property
     def _loinc_table(self) -> dict[str, LabEntry]:
         return {code: e for e in self.entries for code in e.loinc}
@@ -183,18 +188,37 @@ class LabCatalogue:
                 return None
         return entry
 
+    def entry_for(self, result: LabResult, *, match_name: bool = True) -> LabEntry | None:
+        """The entry of one result: the key in its `code`, else its LOINC code, else
+        (with `match_name`) its local name; None when unmapped.
 
+        A `code` names the entry its builder mapped it to; a key this catalogue lacks
+        (a case mapped against another catalogue) is looked up like an uncoded result.
+        """
+        if result.code in self._key_table:
+            return self._key_table[result.code]
+        return self.lookup(name=result.name if match_name else None, loinc=result.loinc)
+
+
+def lab_entries(case: PatientCase, catalogue: LabCatalogue | None = None) -> list[LabEntry | None]:
+    """The catalogue entry of each of `case.labs`, in order (None where unmapped).
+
+    The one mapping rule for every reader of lab results (interpretation, model inputs,
+    faithfulness checks): a result's `code`, else its LOINC code, else its local name,
+    synonym or Chinese name (case-insensitive). In a case an importer built
+    (`provenance["importer"]` set) a result without a code is matched by LOINC only:
+    the importer already matched its name knowing the specimen fluid, which the result
+    does not keep, so matching the name again would read a urine glucose as a blood
+    glucose. Values convert to the entry's unit with `LabEntry.to_canonical`.
+    """
+    catalogue = catalogue or load_lab_catalogue()
+    match_name = not case.provenance.get("importer")
+    return [catalogue.entry_for(r, match_name=match_name) for r in case.labs]
 
 
 def load_lab_catalogue(path: str | Path | None = None) -> LabCatalogue:
     """Load the lab catalogue; without a path, the bundled one."""
-    if path is None:
-        text = resources.files("medfuse.knowledge").joinpath("data").joinpath("labs_catalogue.yaml").read_text("utf-8")
-        return _parse(text, "labs_catalogue.yaml")
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(p, "lab catalogue not found")
-    return _parse(p.read_text("utf-8"), str(p))
+    return _parse(*read_data_file(path, "labs_catalogue.yaml", "lab catalogue not found"))
 
 
 def _pair(v) -> tuple[float | None, float | None]:
@@ -206,10 +230,7 @@ def _pair(v) -> tuple[float | None, float | None]:
 
 @lru_cache(maxsize=8)
 def _parse(text: str, origin: str) -> LabCatalogue:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise InputError(origin, f"invalid YAML ({e.__class__.__name__})") from None
+    data = parse_yaml(text, origin)
     if not isinstance(data, dict) or not isinstance(data.get("labs"), list):
         raise InputError(origin, "a lab catalogue needs a 'labs' list")
     entries = []

@@ -10,12 +10,10 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
-from importlib import resources
 from pathlib import Path
 
-import yaml
-
 from medfuse.errors import InputError
+from medfuse.knowledge.data_files import parse_yaml, read_data_file
 
 DEFAULT_PANEL = "panel_default.yaml"
 
@@ -101,25 +99,14 @@ class Panel:
         return None if best is None else best[1]
 
 
-
-
 def load_panel(path: str | Path | None = None) -> Panel:
     """Load a panel YAML file; without a path, the bundled default panel."""
-    if path is None:
-        text = resources.files("medfuse.knowledge").joinpath("data").joinpath(DEFAULT_PANEL).read_text(encoding="utf-8")
-        return _parse_panel(text, DEFAULT_PANEL)
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(p, "panel file not found")
-    return _parse_panel(p.read_text(encoding="utf-8"), str(p))
+    return _parse_panel(*read_data_file(path, DEFAULT_PANEL, "panel file not found"))
 
 
 @lru_cache(maxsize=8)
 def _parse_panel(text: str, origin: str) -> Panel:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise InputError(origin, f"invalid YAML ({e.__class__.__name__})") from None
+    data = parse_yaml(text, origin)
     if not isinstance(data, dict) or not isinstance(data.get("diseases"), list) or not data["diseases"]:
         raise InputError(origin, "a panel needs a non-empty 'diseases' list")
     diseases = []

@@ -32,7 +32,7 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from medfuse.knowledge.labs import load_lab_catalogue
+from medfuse.knowledge.labs import lab_entries, load_lab_catalogue
 from medfuse.knowledge.panel import Panel, load_panel
 from medfuse.record.case import VITAL_FIELDS, PatientCase
 from medfuse.record.evidence import Evidence
@@ -218,19 +218,11 @@ class _CaseFacts:
 
 
 def _case_facts(case: PatientCase, evidence: list[Evidence]) -> _CaseFacts:
-    catalogue = load_lab_catalogue()
     labs: dict[str, list[float]] = {}
     lab_bounds: dict[str, list[float]] = {}
     all_values: list[float] = []
     bounds: list[float] = []
-    for r in case.labs:
-        entry = None
-        if r.code:
-            try:
-                entry = catalogue.get(r.code)
-            except KeyError:
-                entry = None
-        entry = entry or catalogue.lookup(name=r.name, loinc=r.loinc)
+    for r, entry in zip(case.labs, lab_entries(case), strict=True):
         key = entry.key if entry is not None else r.name.lower()
         values = [v for v in (r.value, r.source_value) if v is not None]
         if entry is not None and r.value is not None:

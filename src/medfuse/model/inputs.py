@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -37,10 +36,16 @@ import torch.nn.functional as F
 from scipy.signal import resample_poly
 
 from medfuse.io.ecg_leads import STANDARD_12, standard_lead_name
-from medfuse.knowledge.labs import LabCatalogue, LabEntry, load_lab_catalogue
+from medfuse.knowledge.labs import LabCatalogue, lab_entries, load_lab_catalogue
 from medfuse.knowledge.panel import Panel
+from medfuse.knowledge.variants import (
+    VARIANT_CLASSES,
+    classify_variant,
+    reported_gene,
+    variant_class,
+)
 from medfuse.model.config import ModelConfig
-from medfuse.record.case import MODALITIES, VITAL_FIELDS, CXRImage, LabResult, PatientCase, Variant
+from medfuse.record.case import MODALITIES, VITAL_FIELDS, CXRImage, PatientCase, Variant
 
 NOTES_DIM = 384  # all-MiniLM-L6-v2 sentence embedding width
 # Normalised values are clipped: a z-score beyond 8 (an assay error, a unit mix-up that
@@ -53,9 +58,9 @@ GENOMICS_GENES: tuple[str, ...] = (
     "EGFR", "KRAS", "ALK", "ROS1", "BRAF", "MET", "RET", "ERBB2", "NTRK1", "NTRK2", "NTRK3",
     "TP53", "STK11", "KEAP1", "PIK3CA", "KDR", "BRCA1", "BRCA2", "NRAS", "MAP2K1",
 )
-# Functional class of a variant, from its consequence or its HGVS expression.
-VARIANT_CLASSES: tuple[str, ...] = ("missense", "truncating", "inframe_indel", "fusion", "splice", "silent")
-# Named actionable alterations (NSCLC drivers), matched on gene + HGVS.
+# Driver alterations with a slot of their own: ids of `knowledge/data/variants.yaml`, which
+# decides what each one is (`classify_variant`). The list is the checkpoint's input layout,
+# so a driver added to the data file gets no slot until a model is trained with one.
 HOTSPOTS: tuple[str, ...] = (
     "EGFR_L858R", "EGFR_EX19DEL", "EGFR_T790M", "EGFR_EX20INS", "KRAS_G12C", "KRAS_G12D", "KRAS_G12V",
     "BRAF_V600E", "MET_EX14", "ALK_FUSION", "ROS1_FUSION", "RET_FUSION",
@@ -72,117 +77,44 @@ GENOMICS_VOCAB: tuple[str, ...] = (
 )
 _VOCAB_INDEX = {t: i for i, t in enumerate(GENOMICS_VOCAB)}
 
-_CONSEQUENCE_CLASS = {
-    "missense_variant": "missense", "stop_gained": "truncating", "frameshift_variant": "truncating",
-    "start_lost": "truncating", "stop_lost": "truncating", "inframe_deletion": "inframe_indel",
-    "inframe_insertion": "inframe_indel", "protein_altering_variant": "inframe_indel",
-    "gene_fusion": "fusion", "transcript_ablation": "truncating", "splice_acceptor_variant": "splice",
-    "splice_donor_variant": "splice", "splice_region_variant": "splice", "exon_loss_variant": "splice",
-    "synonymous_variant": "silent", "intron_variant": "silent", "5_prime_utr_variant": "silent",
-    "3_prime_utr_variant": "silent", "upstream_gene_variant": "silent", "downstream_gene_variant": "silent",
-}
-
-
-def variant_class(variant: Variant) -> str | None:
-    """The functional class of a variant: from its Sequence Ontology consequence, else its HGVS."""
-    if variant.consequence:
-        for term in re.split(r"[&,]", variant.consequence.strip().lower()):
-            if term in _CONSEQUENCE_CLASS:
-                return _CONSEQUENCE_CLASS[term]
-    h = (variant.hgvs or "").strip()
-    if not h:
-        return None
-    if "::" in h or "fusion" in h.lower():
-        return "fusion"
-    p = h.split(":")[-1]
-    if p.startswith("p."):
-        if p.endswith("=") or p == "p.(=)":
-            return "silent"
-        if "fs" in p or p.endswith("*") or "Ter" in p or p.endswith("X"):
-            return "truncating"
-        if any(k in p for k in ("del", "ins", "dup")):
-            return "inframe_indel"
-        if re.fullmatch(r"p\.\(?[A-Za-z]{1,3}\d+[A-Za-z]{1,3}\)?", p):
-            return "missense"
-    if p.startswith("c."):
-        if re.search(r"[+-][12](?!\d)[ACGT]?>", p):
-            return "splice"
-        if any(k in p for k in ("del", "ins", "dup")):
-            return "inframe_indel"
-    return None
-
-
-def _hotspot(gene: str, variant: Variant, cls: str | None) -> str | None:
-    h = (variant.hgvs or "").upper().replace("(", "").replace(")", "")
-    if gene == "EGFR":
-        if "L858R" in h:
-            return "EGFR_L858R"
-        if "T790M" in h:
-            return "EGFR_T790M"
-        m = re.search(r"P\.[A-Z]+?(\d+)_[A-Z]+?(\d+)(DEL|INS|DUP)", h)
-        if m:
-            start = int(m.group(1))
-            if 729 <= start <= 761 and m.group(3) == "DEL":  # exon 19 in-frame deletions
-                return "EGFR_EX19DEL"
-            if 762 <= start <= 823 and m.group(3) in ("INS", "DUP"):  # exon 20 insertions
-                return "EGFR_EX20INS"
-    if gene == "KRAS":
-        for aa in ("G12C", "G12D", "G12V"):
-            if aa in h:
-                return f"KRAS_{aa}"
-    if gene == "BRAF" and "V600E" in h:
-        return "BRAF_V600E"
-    if gene == "MET" and ("EX14" in h or "EXON14" in h or (cls == "splice" and "C.3028" in h)):
-        return "MET_EX14"
-    if cls == "fusion" and gene in ("ALK", "ROS1", "RET"):
-        return f"{gene}_FUSION"
-    return None
-
 
 def genomics_multi_hot(variants: Sequence[Variant]) -> np.ndarray:
-    """(G,) float32 multi-hot of the variants over `GENOMICS_VOCAB`."""
+    """(G,) float32 multi-hot of the variants over `GENOMICS_VOCAB`.
+
+    Gene, functional class and driver alteration come from the variant knowledge
+    (`medfuse.knowledge.variants`); a fusion reported under its 5' partner ('EML4::ALK'
+    under EML4) counts for the driver gene it activates.
+    """
     out = np.zeros(len(GENOMICS_VOCAB), dtype=np.float32)  # (G,)
     for v in variants:
-        gene = v.gene.strip().upper()
-        # A fusion written 'EML4::ALK' under gene EML4 is an ALK fusion for the panel.
-        if variant_class(v) == "fusion" and gene not in ("ALK", "ROS1", "RET"):
-            for partner in ("ALK", "ROS1", "RET"):
-                if partner in (v.hgvs or "").upper():
-                    gene = partner
+        gene = reported_gene(v)
         cls = variant_class(v)
         base = gene if gene in GENOMICS_GENES else "OTHER_GENE"
         out[_VOCAB_INDEX[base]] = 1.0
         if cls is not None:
             out[_VOCAB_INDEX[f"{base}:{cls}"]] = 1.0
-        spot = _hotspot(gene, v, cls)
-        if spot is not None:
-            out[_VOCAB_INDEX[spot]] = 1.0
+        alteration = classify_variant(v).alteration
+        if alteration in HOTSPOTS:
+            out[_VOCAB_INDEX[alteration]] = 1.0
     return out
 
 
 # ------------------------------------------------------------------ feature statistics
-def _lab_entry(lab: LabResult, catalogue: LabCatalogue) -> LabEntry | None:
-    if lab.code:
-        try:
-            return catalogue.get(lab.code)
-        except KeyError:
-            pass
-    return catalogue.lookup(name=lab.name, loinc=lab.loinc)
-
-
 def lab_values(case: PatientCase, catalogue: LabCatalogue) -> dict[str, float]:
     """Catalogue key -> canonical-unit value of the case's first result for that test.
 
-    Results without a number, in a unit the catalogue cannot convert, or not in the
-    catalogue are left out (the model sees them as not observed). The earliest result
-    wins, matching `PatientCase.first_vitals` (the presentation snapshot).
+    Results are mapped by `lab_entries`; those without a number, in a unit the catalogue
+    cannot convert, or not in the catalogue are left out (the model sees them as not
+    observed). The earliest result wins, matching `PatientCase.first_vitals` (the
+    presentation snapshot).
     """
+    entries = lab_entries(case, catalogue)
     ordered = sorted(enumerate(case.labs), key=lambda t: (t[1].time is None, t[1].time or dt.datetime.min, t[0]))
     values: dict[str, float] = {}
-    for _, lab in ordered:
+    for i, lab in ordered:
         if lab.value is None or not math.isfinite(lab.value):
             continue
-        entry = _lab_entry(lab, catalogue)
+        entry = entries[i]
         if entry is None or entry.key in values:
             continue
         v = entry.to_canonical(lab.value, lab.unit)

@@ -16,7 +16,11 @@ may, as real admission notes do.
 
 from __future__ import annotations
 
+from functools import lru_cache
+from importlib import resources
+
 import numpy as np
+import yaml
 
 from medfuse.record.case import Note
 from medfuse.synth.diseases import SynthPatient
@@ -40,79 +44,15 @@ BACKGROUND_SYMPTOMS = {"cough": 0.12, "dyspnoea": 0.07, "fever": 0.04, "palpitat
                        "headache": 0.06, "exertional_chest_pain": 0.03}
 MINOR_COMPLAINTS = ("back_pain", "fall", "checkup", "medication_review", "rash", "knee_pain")
 
-_EN: dict[str, tuple[str, ...]] = {
-    "cough": ("cough", "a cough", "coughing"),
-    "sputum": ("productive cough with yellow sputum", "green sputum", "cough productive of purulent sputum"),
-    "fever": ("fever", "fevers", "high temperature at home"),
-    "chills": ("chills", "rigors", "shaking chills"),
-    "confusion": ("new confusion", "being more confused than usual", "altered mental status"),
-    "malaise": ("malaise", "generalised weakness", "feeling unwell"),
-    "dyspnoea": ("shortness of breath", "dyspnoea", "breathlessness"),
-    "pleuritic_pain": ("pleuritic chest pain", "pain on deep inspiration"),
-    "exertional_dyspnoea": ("shortness of breath on exertion", "dyspnoea on exertion", "breathlessness climbing stairs"),
-    "orthopnoea": ("orthopnoea", "needing three pillows to sleep", "waking up breathless at night"),
-    "leg_swelling": ("bilateral leg swelling", "ankle oedema", "swollen legs"),
-    "weight_gain": ("weight gain of 3 kg in a week", "recent weight gain"),
-    "exertional_chest_pain": ("chest tightness on exertion", "exertional chest pain relieved by rest", "angina on exertion"),
-    "crushing_chest_pain": ("crushing central chest pain radiating to the left arm", "severe chest pressure for two hours",
-                            "substernal chest pain at rest"),
-    "diaphoresis": ("sweating", "diaphoresis", "clamminess"),
-    "palpitations": ("palpitations", "a racing, irregular heartbeat", "fluttering in the chest"),
-    "dizziness": ("dizziness", "light-headedness"),
-    "oliguria": ("reduced urine output", "passing very little urine", "oliguria"),
-    "nausea": ("nausea", "nausea and poor appetite"),
-    "polyuria": ("polyuria", "passing urine frequently"),
-    "thirst": ("excessive thirst", "polydipsia"),
-    "haemoptysis": ("haemoptysis", "coughing up blood", "blood-streaked sputum"),
-    "weight_loss": ("unintentional weight loss", "weight loss of 6 kg over three months"),
-    "chronic_cough": ("a cough for two months", "a persistent cough"),
-    "headache": ("occipital headache", "headaches"),
-    "dysuria": ("dysuria", "burning on urination"),
-    "abdominal_pain": ("abdominal pain", "right upper quadrant pain"),
-    "red_leg": ("a red, hot, swollen leg", "spreading redness of the left shin"),
-    "back_pain": ("lower back pain", "back pain after lifting"),
-    "fall": ("a mechanical fall", "a trip at home"),
-    "checkup": ("a routine check-up", "pre-operative assessment"),
-    "medication_review": ("a medication review", "follow-up of blood tests"),
-    "rash": ("an itchy rash", "a rash on the forearms"),
-    "knee_pain": ("knee pain", "a painful right knee"),
-}
-_ZH: dict[str, tuple[str, ...]] = {
-    "cough": ("咳嗽", "阵发性咳嗽"),
-    "sputum": ("咳黄痰", "咳嗽咳脓痰"),
-    "fever": ("发热", "高热"),
-    "chills": ("寒战", "畏寒"),
-    "confusion": ("意识模糊", "神志淡漠"),
-    "malaise": ("乏力", "全身不适"),
-    "dyspnoea": ("气促", "呼吸困难"),
-    "pleuritic_pain": ("胸膜性胸痛", "深吸气时胸痛"),
-    "exertional_dyspnoea": ("活动后气促", "活动后呼吸困难"),
-    "orthopnoea": ("夜间不能平卧", "端坐呼吸"),
-    "leg_swelling": ("双下肢水肿", "脚踝水肿"),
-    "weight_gain": ("一周内体重增加3公斤",),
-    "exertional_chest_pain": ("活动后胸闷", "劳力性胸痛，休息后缓解"),
-    "crushing_chest_pain": ("持续性胸骨后压榨样疼痛，向左臂放射", "静息时剧烈胸痛2小时"),
-    "diaphoresis": ("大汗", "出冷汗"),
-    "palpitations": ("心悸", "心慌、心跳不规则"),
-    "dizziness": ("头晕",),
-    "oliguria": ("尿量减少", "少尿"),
-    "nausea": ("恶心", "恶心、食欲差"),
-    "polyuria": ("多尿", "尿频"),
-    "thirst": ("口渴多饮", "多饮"),
-    "haemoptysis": ("咯血", "痰中带血"),
-    "weight_loss": ("体重下降", "三个月内体重下降6公斤"),
-    "chronic_cough": ("咳嗽两个月", "慢性咳嗽"),
-    "headache": ("头痛", "枕部头痛"),
-    "dysuria": ("尿痛", "排尿烧灼感"),
-    "abdominal_pain": ("腹痛", "右上腹痛"),
-    "red_leg": ("左小腿红肿热痛",),
-    "back_pain": ("腰痛",),
-    "fall": ("在家中跌倒",),
-    "checkup": ("常规体检", "术前评估"),
-    "medication_review": ("复查血液检查", "药物调整"),
-    "rash": ("皮疹伴瘙痒",),
-    "knee_pain": ("右膝疼痛",),
-}
+
+@lru_cache(maxsize=2)
+def symptom_phrases(lang: str) -> dict[str, tuple[str, ...]]:
+    """Symptom key -> the phrasings a note in `lang` ('en' or 'zh') draws from; the
+    wording lives in the data file `data/symptom_phrases.yaml`, both languages side by side."""
+    text = resources.files("medfuse.synth").joinpath("data").joinpath("symptom_phrases.yaml").read_text("utf-8")
+    return {key: tuple(by_lang[lang]) for key, by_lang in yaml.safe_load(text)["symptoms"].items()}
+
+
 # Symptoms that are commonly asked about and negated when absent.
 NEGATABLE = ("fever", "cough", "exertional_chest_pain", "dyspnoea", "palpitations", "leg_swelling", "haemoptysis",
              "oliguria", "headache", "chills")
@@ -187,6 +127,29 @@ def _smoking_text(rng: np.random.Generator, patient: SynthPatient, lang: str) ->
                        f"Active smoker with a {py} pack-year history."))
 
 
+def _background(rng: np.random.Generator, patient: SynthPatient, lang: str, drugs: list[str]) -> list[str]:
+    """The history note's closing sentences: a denied and an unrelated past history, the
+    drugs, smoking and family history. Both languages make the same random draws in the
+    same order, so a cohort's English and Chinese notes state the same facts."""
+    zh = lang == "zh"
+    parts: list[str] = []
+    unrelated = [d for d in HISTORY if d not in patient.diseases]
+    if unrelated and rng.random() < 0.35:
+        name = _pick(rng, HISTORY[_pick(rng, unrelated)][1 if zh else 0])
+        parts.append(f"否认{name}病史。" if zh else f"No history of {name}.")
+    if rng.random() < 0.3:
+        parts.append(f"既往{_pick(rng, _UNRELATED_ZH)}。" if zh else f"Also has {_pick(rng, _UNRELATED_EN)}.")
+    if drugs:
+        if zh:
+            parts.append("长期服用" + "、".join(drugs) + "。")
+        else:
+            parts.append(_pick(rng, ("Medications: ", "Takes ", "Current drugs: ")) + ", ".join(drugs) + ".")
+    parts.append(_smoking_text(rng, patient, lang) + ("。" if zh else ""))
+    if rng.random() < 0.25:
+        parts.append(f"家族史：{_pick(rng, _FAMILY_ZH)}。" if zh else f"Family history: {_pick(rng, _FAMILY_EN)}.")
+    return parts
+
+
 def history_note(rng: np.random.Generator, patient: SynthPatient, lang: str = "en",
                  symptoms: list[str] | None = None) -> Note:
     """An admission history: complaint, negatives, past history, drugs, smoking, family history.
@@ -205,7 +168,7 @@ def history_note(rng: np.random.Generator, patient: SynthPatient, lang: str = "e
     sex_en = "man" if patient.sex == "M" else "woman"
     parts: list[str] = []
     if lang == "zh":
-        sx = _ZH
+        sx = symptom_phrases("zh")
         complaint = "、".join(_pick(rng, sx[s]) for s in symptoms)
         sex_zh = "男" if patient.sex == "M" else "女"
         if minor:
@@ -217,19 +180,10 @@ def history_note(rng: np.random.Generator, patient: SynthPatient, lang: str = "e
             parts.append("，".join(_pick(rng, _NEG_ZH).format(s=_pick(rng, sx[s])) for s in negated) + "。")
         if history:
             parts.append("既往" + "、".join(_pick(rng, HISTORY[d][1]) for d in history) + "病史。")
-        unrelated = [d for d in HISTORY if d not in patient.diseases]
-        if unrelated and rng.random() < 0.35:
-            parts.append(f"否认{_pick(rng, HISTORY[_pick(rng, unrelated)][1])}病史。")
-        if rng.random() < 0.3:
-            parts.append(f"既往{_pick(rng, _UNRELATED_ZH)}。")
-        if drugs:
-            parts.append("长期服用" + "、".join(drugs) + "。")
-        parts.append(_smoking_text(rng, patient, "zh") + "。")
-        if rng.random() < 0.25:
-            parts.append(f"家族史：{_pick(rng, _FAMILY_ZH)}。")
+        parts += _background(rng, patient, "zh", drugs)
         text = "".join(parts)
     else:
-        sx = _EN
+        sx = symptom_phrases("en")
         complaint = _join_en([_pick(rng, sx[s]) for s in symptoms])
         if minor:
             parts.append(_pick(rng, (f"{patient.age}-year-old {sex_en} seen for {complaint}.",
@@ -250,16 +204,7 @@ def history_note(rng: np.random.Generator, patient: SynthPatient, lang: str = "e
             names = [_pick(rng, HISTORY[d][0]) for d in history]
             parts.append(_pick(rng, (f"PMH: {', '.join(names)}.", f"Known {_join_en(names)}.",
                                      f"Past history of {_join_en(names)}.")))
-        unrelated = [d for d in HISTORY if d not in patient.diseases]
-        if unrelated and rng.random() < 0.35:
-            parts.append(f"No history of {_pick(rng, HISTORY[_pick(rng, unrelated)][0])}.")
-        if rng.random() < 0.3:
-            parts.append(f"Also has {_pick(rng, _UNRELATED_EN)}.")
-        if drugs:
-            parts.append(_pick(rng, ("Medications: ", "Takes ", "Current drugs: ")) + ", ".join(drugs) + ".")
-        parts.append(_smoking_text(rng, patient, "en"))
-        if rng.random() < 0.25:
-            parts.append(f"Family history: {_pick(rng, _FAMILY_EN)}.")
+        parts += _background(rng, patient, "en", drugs)
         text = " ".join(parts)
     return Note(text=text, type="history", lang=lang)
 
@@ -282,13 +227,14 @@ def indication_note(rng: np.random.Generator, patient: SynthPatient, lang: str =
     """A short imaging/ECG request, phrased from symptoms (so 'rule out' is not a diagnosis)."""
     symptoms = present_symptoms(rng, patient) if symptoms is None else symptoms
     lead = symptoms[0]
+    phrases = symptom_phrases("zh" if lang == "zh" else "en")[lead]
     if lang == "zh":
         ask = _INDICATION_ZH.get(lead, _pick(rng, ("常规检查", "入院常规", "术前检查")))
-        text = _pick(rng, (f"胸片申请：{_pick(rng, _ZH[lead])}，{ask}。", f"检查指征：{_pick(rng, _ZH[lead])}。{ask}。"))
+        text = _pick(rng, (f"胸片申请：{_pick(rng, phrases)}，{ask}。", f"检查指征：{_pick(rng, phrases)}。{ask}。"))
     else:
         ask = _INDICATION_EN.get(lead, _pick(rng, ("routine admission film", "pre-operative", "baseline study")))
         age_sex = f"{patient.age}{'M' if patient.sex == 'M' else 'F'}"
-        text = _pick(rng, (f"INDICATION: {age_sex} with {_pick(rng, _EN[lead])}; {ask}.",
-                           f"Indication: {_pick(rng, _EN[lead])}. Please {ask}.",
-                           f"Clinical question: {ask} ({_pick(rng, _EN[lead])})."))
+        text = _pick(rng, (f"INDICATION: {age_sex} with {_pick(rng, phrases)}; {ask}.",
+                           f"Indication: {_pick(rng, phrases)}. Please {ask}.",
+                           f"Clinical question: {ask} ({_pick(rng, phrases)})."))
     return Note(text=text, type="indication", lang=lang)

@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 
 from medfuse.errors import ConfigError, InputError
 from medfuse.formats import format_answer, format_box
+from medfuse.knowledge.evidence_support import finding_supports, supported_diseases
 from medfuse.knowledge.panel import Panel, load_panel
 from medfuse.record.case import MODALITIES, Finding, PatientCase
 from medfuse.record.evidence import Evidence
@@ -107,88 +108,7 @@ def task_features() -> Features:
 
 
 # ---------------------------------------------------------------------------- evidence -> diseases
-
-_HIGH = frozenset({"high", "critically high"})
-_LOW_OR_HIGH = _HIGH | {"low", "critically low"}
-
-# (modality, item test, interpretations or None for "any abnormal", panel keys supported).
-# The item test is an exact item name, or a prefix ending in '*' (ECG lead findings are
-# named '<finding> <lead>'). This is the evidence column of the default panel (DESIGN.md)
-# written per interpreter item; keys a loaded panel lacks are ignored.
-_SUPPORT_RULES: tuple[tuple[str, str, frozenset[str] | None, tuple[str, ...]], ...] = (
-    ("ecg", "rhythm", frozenset({"atrial_fibrillation"}), ("atrial_fibrillation",)),
-    ("ecg", "rhythm", frozenset({"sinus_tachycardia"}), ("pneumonia", "sepsis")),
-    ("ecg", "P waves", frozenset({"absent"}), ("atrial_fibrillation",)),
-    ("ecg", "heart_rate", frozenset({"high"}), ("atrial_fibrillation", "pneumonia", "sepsis")),
-    ("ecg", "ST elevation*", None, ("coronary_artery_disease",)),
-    ("ecg", "ST depression*", None, ("coronary_artery_disease",)),
-    ("ecg", "T inversion*", None, ("coronary_artery_disease",)),
-    ("ecg", "pathological Q wave*", None, ("coronary_artery_disease",)),
-    ("ecg", "tall T wave*", None, ("acute_renal_failure",)),
-    ("ecg", "Sokolow-Lyon*", frozenset({"LVH"}), ("hypertension", "heart_failure")),
-    ("ecg", "Cornell*", frozenset({"LVH"}), ("hypertension", "heart_failure")),
-    ("labs", "troponin_t", _HIGH, ("coronary_artery_disease",)),
-    ("labs", "troponin_i", _HIGH, ("coronary_artery_disease",)),
-    ("labs", "ldl", _HIGH, ("coronary_artery_disease",)),
-    ("labs", "creatinine", _HIGH, ("acute_renal_failure",)),
-    ("labs", "bun", _HIGH, ("acute_renal_failure",)),
-    ("labs", "potassium", _HIGH, ("acute_renal_failure",)),
-    ("labs", "wbc", _LOW_OR_HIGH, ("pneumonia", "sepsis")),
-    ("labs", "crp", _HIGH, ("pneumonia", "sepsis")),
-    ("labs", "procalcitonin", _HIGH, ("pneumonia", "sepsis")),
-    ("labs", "lactate", _HIGH, ("sepsis",)),
-    ("labs", "glucose", _HIGH, ("diabetes_mellitus",)),
-    ("labs", "hba1c", _HIGH, ("diabetes_mellitus",)),
-    ("labs", "bnp", _HIGH, ("heart_failure",)),
-    ("labs", "nt_probnp", _HIGH, ("heart_failure",)),
-    ("vitals", "temperature", frozenset({"fever"}), ("pneumonia", "sepsis")),
-    ("vitals", "temperature", frozenset({"hypothermia", "low"}), ("sepsis",)),
-    ("vitals", "heart_rate", frozenset({"tachycardia"}), ("sepsis", "pneumonia", "atrial_fibrillation")),
-    ("vitals", "resp_rate", frozenset({"tachypnoea"}), ("pneumonia", "sepsis")),
-    ("vitals", "spo2", frozenset({"hypoxaemia"}), ("pneumonia", "heart_failure")),
-    ("vitals", "blood_pressure", frozenset({"stage 1 hypertension", "stage 2 hypertension", "hypertensive crisis"}),
-     ("hypertension",)),
-    ("vitals", "SIRS", frozenset({"positive"}), ("sepsis",)),
-    ("vitals", "qSOFA", frozenset({"positive"}), ("sepsis",)),
-    ("cxr", "consolidation", None, ("pneumonia", "sepsis")),
-    ("cxr", "cardiomegaly", None, ("heart_failure",)),
-    ("cxr", "pleural effusion", None, ("heart_failure",)),
-    ("cxr", "pulmonary edema", None, ("heart_failure",)),
-    ("cxr", "nodule", None, ("lung_cancer",)),
-    ("cxr", "mass", None, ("lung_cancer",)),
-)
-
-
-def _item_matches(test: str, item: str) -> bool:
-    return item.startswith(test[:-1]) if test.endswith("*") else item == test
-
-
-def supported_diseases(ev: Evidence) -> set[str]:
-    """Panel keys (of the default panel) that an abnormal evidence item supports.
-
-    Normal items support nothing; genomics items support the disease their variant class
-    names (`detail['supports']`, e.g. an EGFR driver -> lung cancer).
-    """
-    if not ev.abnormal:
-        return set()
-    if ev.modality == "genomics":
-        disease = ev.detail.get("supports")
-        return {disease} if isinstance(disease, str) else set()
-    out: set[str] = set()
-    for modality, test, readings, keys in _SUPPORT_RULES:
-        if modality != ev.modality or not _item_matches(test, ev.item):
-            continue
-        if readings is None or ev.interpretation in readings:
-            out.update(keys)
-    return out
-
-
-def _finding_supports(label: str) -> set[str]:
-    out: set[str] = set()
-    for modality, test, _, keys in _SUPPORT_RULES:
-        if modality == "cxr" and _item_matches(test, label.lower()):
-            out.update(keys)
-    return out
+# Which evidence supports which disease is domain knowledge: `medfuse.knowledge.evidence_support`.
 
 
 def gold_disease_keys(case: PatientCase, panel: Panel) -> list[str]:
@@ -584,7 +504,7 @@ def _diagnosis_target(ctx: _Case, lang: str) -> str:
         support = [i for i, ev in enumerate(abnormal) if key in supported_diseases(ev)]
         used.update(support)
         names = _group_readings([abnormal[i] for i in support], lang)
-        names += [T.finding_name(label, lang) for label in ctx.findings if key in _finding_supports(label)]
+        names += [T.finding_name(label, lang) for label in ctx.findings if key in finding_supports(label)]
         disease = panel.by_key(key).display(lang)
         if names:
             lines.append(t["supports"].format(disease=disease, items=t["list_sep"].join(names)))
