@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from medfuse.errors import InputError
+from medfuse.errors import ConfigError, InputError
 from medfuse.knowledge.labs import load_lab_catalogue
 from medfuse.knowledge.panel import load_panel
 from medfuse.model.config import FUSION_STRATEGIES, ModelConfig
-from medfuse.model.fusion import FusionModel, gate_kl_to_uniform, tokens_per_case
+from medfuse.model.fusion import STRATEGIES, FusionModel, fusion_strategy, gate_kl_to_uniform, tokens_per_case
 from medfuse.model.inputs import GENOMICS_VOCAB, NOTES_DIM, FeatureStats, collate, featurize
 from medfuse.record.case import ECG, MODALITIES, CXRImage, Diagnosis, Labels, LabResult, PatientCase, VitalSigns
 
@@ -299,3 +299,33 @@ def test_gate_balance_penalty_is_zero_at_uniform_gates_and_ignores_missing_modal
         out = on(batch)
         diff = on.loss(batch, out) - off.loss(batch, out)
     torch.testing.assert_close(diff, 0.05 * gate_kl_to_uniform(out.gates, batch["present"]))
+
+
+def test_every_configurable_strategy_has_one_registered_class():
+    assert tuple(STRATEGIES) == FUSION_STRATEGIES
+    assert all(isinstance(fusion_strategy(name), cls) for name, cls in STRATEGIES.items())
+    with pytest.raises(ConfigError, match="fusion: must be one of"):
+        fusion_strategy("middle")
+
+
+# The state-dict prefixes of each strategy's own layers: checkpoints store these flat keys.
+OWN_LAYERS = {"early": {"raw_tokenizers", "raw_norm", "joint", "head"},
+              "feature": {"encoders", "finding_head", "joint", "head"},
+              "late": {"encoders", "finding_head", "vote"},
+              "hybrid": {"encoders", "finding_head", "perception", "head"}}
+
+
+@pytest.mark.parametrize("fusion", FUSION_STRATEGIES)
+def test_strategy_layers_keep_flat_checkpoint_keys(fusion):
+    prefixes = {key.split(".")[0] for key in tiny_model(fusion).state_dict()}
+    assert prefixes == OWN_LAYERS[fusion] | {"type_embed", "aux_heads", "clues"}
+
+
+@pytest.mark.parametrize("fusion", FUSION_STRATEGIES)
+def test_sft_trains_the_shared_layers_and_the_strategy_layers_above_the_encoders(fusion):
+    model = tiny_model(fusion)
+    names = {id(m): n for n, m in model.named_modules()} | {id(p): n for n, p in model.named_parameters()}
+    above = {"early": ["joint", "head"], "feature": ["joint", "head"], "late": [], "hybrid": ["perception", "head"]}
+    assert [names[id(p)] for p in model.trainable_parts("sft")] == ["aux_heads", "type_embed", "clues", *above[fusion]]
+    assert model.trainable_parts("encoders") == [model]
+    assert model.trainable_parts("align") == model.trainable_parts("grpo") == []

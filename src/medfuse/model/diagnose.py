@@ -29,7 +29,7 @@ import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -121,37 +121,33 @@ class Diagnosed:
 
 # --------------------------------------------------------------------------- pieces
 
-_TEXT = {
-    "en": {
-        "system": "You are a careful medical expert.",
-        "inputs": "Inputs",
-        "names": {"cxr": "chest X-ray", "ecg": "ECG", "labs": "labs", "vitals": "vital signs", "notes": "notes",
-                  "genomics": "genomics", "clues": "disease clues"},
-        "evidence": "Measured evidence",
-        "notes": "Notes",
-        "candidates": "Candidate diseases",
-        "task": ("Reason step by step inside <think></think>, citing only the values above, then give every disease "
-                 "the patient has from the candidates, separated by ';', inside <answer></answer>; write "
-                 "<answer>none</answer> if none applies."),
-        "located": "Image findings located by the image encoder",
-        "none_located": "Image findings located by the image encoder: none",
-        "no_data": "No clinical data recorded.",
+# Every phrase of the prompt beside its translations, so no language can lack a phrase
+# another has (building `_TEXT` below fails on a missing one).
+_PHRASES: dict[str, dict[str, Any]] = {
+    "system": {"en": "You are a careful medical expert.", "zh": "你是一名严谨的医学专家。"},
+    "inputs": {"en": "Inputs", "zh": "输入"},
+    "names": {  # fused-token group -> its name in the inputs line
+        "en": {"cxr": "chest X-ray", "ecg": "ECG", "labs": "labs", "vitals": "vital signs", "notes": "notes",
+               "genomics": "genomics", "clues": "disease clues"},
+        "zh": {"cxr": "胸片", "ecg": "心电图", "labs": "化验", "vitals": "生命体征", "notes": "病历",
+               "genomics": "基因检测", "clues": "疾病线索"},
     },
-    "zh": {
-        "system": "你是一名严谨的医学专家。",
-        "inputs": "输入",
-        "names": {"cxr": "胸片", "ecg": "心电图", "labs": "化验", "vitals": "生命体征", "notes": "病历",
-                  "genomics": "基因检测", "clues": "疾病线索"},
-        "evidence": "测量证据",
-        "notes": "病历",
-        "candidates": "候选疾病",
-        "task": ("请先在 <think></think> 中逐步推理，只引用上面的数值，然后在 <answer></answer> 中列出患者所患的全部候选疾病，"
-                 "用 ';' 分隔；若都不符合，请写 <answer>none</answer>。"),
-        "located": "影像编码器定位的影像所见",
-        "none_located": "影像编码器定位的影像所见: 无",
-        "no_data": "无临床数据。",
+    "evidence": {"en": "Measured evidence", "zh": "测量证据"},
+    "notes": {"en": "Notes", "zh": "病历"},
+    "candidates": {"en": "Candidate diseases", "zh": "候选疾病"},
+    "task": {
+        "en": ("Reason step by step inside <think></think>, citing only the values above, then give every disease "
+               "the patient has from the candidates, separated by ';', inside <answer></answer>; write "
+               "<answer>none</answer> if none applies."),
+        "zh": ("请先在 <think></think> 中逐步推理，只引用上面的数值，然后在 <answer></answer> 中列出患者所患的全部候选疾病，"
+               "用 ';' 分隔；若都不符合，请写 <answer>none</answer>。"),
     },
+    "located": {"en": "Image findings located by the image encoder", "zh": "影像编码器定位的影像所见"},
+    "none_located": {"en": "Image findings located by the image encoder: none", "zh": "影像编码器定位的影像所见: 无"},
+    "no_data": {"en": "No clinical data recorded.", "zh": "无临床数据。"},
 }
+# language -> phrase -> text: the prompt in one language.
+_TEXT: dict[str, dict[str, Any]] = {lang: {key: texts[lang] for key, texts in _PHRASES.items()} for lang in ("en", "zh")}
 
 # Placeholder token of each fused-token group (M2's special tokens).
 PLACEHOLDERS = {"cxr": "<cxr>", "ecg": "<ecg>", "labs": "<labs>", "vitals": "<vitals>", "notes": "<notes>",

@@ -627,21 +627,15 @@ class MedfuseLM(nn.Module):
         return out
 
     @torch.no_grad()
-    def generate(
-        self,
-        prompts: Sequence[str],
-        fused: FusedTokensLike | None = None,
-        max_new_tokens: int = 128,
-        do_sample: bool = False,
-        **generate_kwargs,
-    ) -> list[str]:
-        """Generate one answer per prompt with HF `generate` over `inputs_embeds`.
+    def generate(self, prompts: Sequence[str], fused: FusedTokensLike | None = None, **generate_kwargs) -> list[str]:
+        """Generate one answer per prompt: `generate_ids`, decoded.
 
-        Greedy by default. Extra keyword arguments go to `generate` (`temperature`, `top_p`,
+        Takes the arguments of `generate_ids`: greedy by default, `max_new_tokens` 128, and
+        extra keyword arguments go to HF `generate` (`temperature`, `top_p`,
         `num_return_sequences`, `min_new_tokens`, ...). Returns the decoded new text only,
         special tokens removed.
         """
-        ids = self.generate_ids(prompts, fused, max_new_tokens=max_new_tokens, do_sample=do_sample, **generate_kwargs)
+        ids = self.generate_ids(prompts, fused, **generate_kwargs)
         return self.tokenizer.batch_decode(ids, skip_special_tokens=True)
 
     # ------------------------------------------------------------------ LoRA
@@ -681,3 +675,10 @@ class MedfuseLM(nn.Module):
         from peft import PeftModel
 
         return isinstance(self.lm, PeftModel)
+
+    def lora_parts(self) -> list[nn.Module]:
+        """The LoRA adapter's own layers (peft's `adapter_layer_names` of each tuned layer); [] without one."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        return [getattr(layer, name) for layer in self.lm.modules() if isinstance(layer, BaseTunerLayer)
+                for name in layer.adapter_layer_names]
