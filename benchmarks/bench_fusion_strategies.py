@@ -52,7 +52,7 @@ def main() -> None:
         for fusion, clues in VARIANTS:
             name = fusion if clues else f"{fusion}_no_clues"
             model_cfg = {**base.model, "fusion": fusion, "use_clues": clues}
-            cfg = EncodersConfig.from_dict({**base.to_dict(), "model": model_cfg, "out": str(Path(tmp) / name),
+            cfg = EncodersConfig.from_dict({**base.as_dict(), "model": model_cfg, "out": str(Path(tmp) / name),
                                             "limit": args.limit, "epochs": args.epochs})
             start = time.perf_counter()
             summary = train_encoders(cfg)

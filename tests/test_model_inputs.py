@@ -61,7 +61,7 @@ def test_config_defaults_match_the_interface_and_round_trip():
     assert (c.cxr_vit["hidden_size"], c.cxr_vit["num_hidden_layers"], c.cxr_vit["num_attention_heads"],
             c.cxr_vit["patch_size"]) == (192, 4, 3, 16)
     assert c.ecg_samples == 1000
-    again = ModelConfig.from_dict(json.loads(json.dumps(c.to_dict())))
+    again = ModelConfig.from_dict(json.loads(json.dumps(c.as_dict())))
     assert again == c
     assert all(ModelConfig.help().values()), "every field has help text"
 

@@ -106,6 +106,38 @@ def test_encoders_stage_resumes_after_an_interruption(cohort, tmp_path, monkeypa
         enc.train_encoders(EncodersConfig.from_dict({**base, "out": str(other), "lr": 0.5}))
 
 
+# The fusion model's parts above the encoders that sft trains, besides the auxiliary heads,
+# the modality type embedding and the clue tokens every strategy has.
+SFT_FUSION_LAYERS = {"early": ("joint", "head"), "feature": ("joint", "head"), "late": (), "hybrid": ("perception", "head")}
+
+
+@pytest.mark.parametrize("fusion", ["early", "feature", "late", "hybrid"])
+def test_each_stage_trains_exactly_its_parts(fusion):
+    from medfuse.model.config import ModelConfig
+    from medfuse.train.loop import train_only
+
+    model = MedFuse.build(ModelConfig.from_dict({**TINY, "fusion": fusion}), tiny_llm=True)
+    model.lm.add_lora(r=4, alpha=8)
+    names = [n for n, _ in model.named_parameters()]
+    upper = ("aux_heads", "type_embed", "clues", *SFT_FUSION_LAYERS[fusion])
+    lora = {n for n in names if "lora_" in n}
+    projector = {n for n in names if n.startswith("lm.projector.")}
+    fusion_upper = {n for n in names if n.startswith("fusion.") and n.split(".")[1] in upper}
+    expected = {
+        ("encoders", False): {n for n in names if n.startswith("fusion.")},
+        ("align", False): projector,
+        ("sft", True): lora | projector | fusion_upper,
+        ("sft", False): lora | projector,
+        ("grpo", False): lora,
+    }
+    assert lora and projector and fusion_upper
+    for (stage, train_fusion), want in expected.items():
+        trainable = train_only(model, model.trainable_parts(stage, train_fusion=train_fusion))
+        got = {n for n, p in model.named_parameters() if p.requires_grad}
+        assert got == want, (stage, train_fusion, sorted(got ^ want)[:5])
+        assert len(trainable) == len(want)
+
+
 def test_config_errors_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match="unknown key 'batchsize'"):
         EncodersConfig.from_dict({"cohort": "c", "out": "o", "batchsize": 3})

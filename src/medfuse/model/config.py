@@ -1,18 +1,18 @@
 """The fused model's configuration: one typed dataclass, every field a YAML key with help text.
 
-`ModelConfig.from_dict` rejects unknown keys with a `ConfigError` that names the key, so a
-typo in a config file never silently falls back to a default.
+`ModelConfig.from_dict` / `from_yaml` (the `medfuse.config.YamlConfig` base) reject unknown
+keys with a `ConfigError` that names the key, so a typo in a config file never silently
+falls back to a default. `tokens` and `cxr_vit` may be given partially: missing entries
+keep their defaults.
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-from medfuse.errors import ConfigError, InputError
+from medfuse.config import YamlConfig, check_int, option
+from medfuse.errors import ConfigError
 from medfuse.record.case import MODALITIES
 
 FUSION_STRATEGIES: tuple[str, ...] = ("early", "feature", "late", "hybrid")
@@ -27,10 +27,6 @@ VIT_KEYS: tuple[str, ...] = (
     "hidden_dropout_prob", "attention_probs_dropout_prob", "initializer_range", "layer_norm_eps",
     "patch_size", "qkv_bias", "encoder_stride",
 )
-
-
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
 
 
 def _default_tokens() -> dict[str, int]:
@@ -48,44 +44,46 @@ def _default_vit() -> dict[str, Any]:
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(YamlConfig):
     """Settings of the fusion model (encoders, perception layer, clues, head) and its LLM."""
 
-    d_model: int = field(default=256, metadata=_help("Width of every modality token and of the fused sequence."))
-    n_heads: int = field(default=4, metadata=_help("Attention heads in token pooling and the perception layer; must divide d_model."))
-    tokens: dict[str, int] = field(default_factory=_default_tokens, metadata=_help(
-        "Tokens per modality (ecg, cxr, labs, vitals, notes, genomics); each at least 2."))
-    fusion: str = field(default="hybrid", metadata=_help(
+    d_model: int = option(256, "Width of every modality token and of the fused sequence.")
+    n_heads: int = option(4, "Attention heads in token pooling and the perception layer; must divide d_model.")
+    tokens: dict[str, int] = option(
+        factory=_default_tokens, help="Tokens per modality (ecg, cxr, labs, vitals, notes, genomics); each at least 2.")
+    fusion: str = option("hybrid",
         "Fusion strategy: early (raw features concatenated), feature (encoder outputs concatenated), "
-        "late (per-modality heads, learned weighted vote) or hybrid (modality perception layer)."))
-    perception_layers: int = field(default=1, metadata=_help("Cross-modal attention blocks in the perception layer (hybrid)."))
-    use_clues: bool = field(default=True, metadata=_help(
-        "Inject disease clue tokens (per-modality auxiliary disease scores, TRRG) beside the modality tokens."))
-    aux_loss_weight: float = field(default=0.3, metadata=_help(
-        "Weight of the per-modality auxiliary disease losses relative to the main disease loss."))
-    gate_balance: float = field(default=0.05, metadata=_help(
+        "late (per-modality heads, learned weighted vote) or hybrid (modality perception layer).")
+    perception_layers: int = option(1, "Cross-modal attention blocks in the perception layer (hybrid).")
+    use_clues: bool = option(True,
+        "Inject disease clue tokens (per-modality auxiliary disease scores, TRRG) beside the modality tokens.")
+    aux_loss_weight: float = option(0.3,
+        "Weight of the per-modality auxiliary disease losses relative to the main disease loss.")
+    gate_balance: float = option(0.05,
         "Weight of the KL(gates || uniform over present modalities) penalty on the perception gates "
         "(hybrid). Without it the softmax gates can collapse onto one modality, and the reported "
-        "modality weights would then say nothing about the case."))
-    ecg_fs: float = field(default=100.0, metadata=_help("ECG sampling rate (Hz) the encoder sees; inputs are resampled."))
-    ecg_seconds: float = field(default=10.0, metadata=_help("ECG window length (s); longer records are cropped, shorter zero-padded."))
-    ecg_channels: int = field(default=64, metadata=_help("Base channel count of the ECG residual CNN (doubles twice)."))
-    cxr_size: int = field(default=224, metadata=_help("Radiograph side length (pixels) after resizing."))
-    cxr_vit: dict[str, Any] = field(default_factory=_default_vit, metadata=_help(
-        "Keyword arguments for transformers.ViTConfig of the image encoder built from scratch."))
-    cxr_vision_model: str | None = field(default=None, metadata=_help(
-        "A Hugging Face vision model id (already in the local cache) or folder to use instead of the ViT."))
-    finding_labels: list[str] = field(default_factory=lambda: list(DEFAULT_FINDING_LABELS), metadata=_help(
-        "Image finding labels the finding head localises (two slots each: image left and right half)."))
-    finding_threshold: float = field(default=0.5, metadata=_help(
-        "Presence probability above which a finding slot is reported with its box."))
-    llm: str = field(default="smollm2-135m", metadata=_help(
-        "Language model: 'smollm2-135m' (bundled GGUF), a cached Hugging Face id or a local folder."))
-    lora_r: int = field(default=16, metadata=_help("LoRA rank of the language model adapter."))
-    lora_alpha: int = field(default=32, metadata=_help("LoRA scaling numerator (alpha / r scales the update)."))
-    dropout: float = field(default=0.1, metadata=_help("Dropout in encoders, perception layer and head."))
-    panel: str | None = field(default=None, metadata=_help("Disease panel YAML file; None: the bundled default panel."))
-    seed: int = field(default=0, metadata=_help("Seed for parameter initialisation."))
+        "modality weights would then say nothing about the case.")
+    ecg_fs: float = option(100.0, "ECG sampling rate (Hz) the encoder sees; inputs are resampled.")
+    ecg_seconds: float = option(10.0, "ECG window length (s); longer records are cropped, shorter zero-padded.")
+    ecg_channels: int = option(64, "Base channel count of the ECG residual CNN (doubles twice).")
+    cxr_size: int = option(224, "Radiograph side length (pixels) after resizing.")
+    cxr_vit: dict[str, Any] = option(
+        factory=_default_vit,
+        help="Keyword arguments for transformers.ViTConfig of the image encoder built from scratch.")
+    cxr_vision_model: str | None = option(None,
+        "A Hugging Face vision model id (already in the local cache) or folder to use instead of the ViT.")
+    finding_labels: list[str] = option(
+        factory=lambda: list(DEFAULT_FINDING_LABELS),
+        help="Image finding labels the finding head localises (two slots each: image left and right half).")
+    finding_threshold: float = option(0.5,
+        "Presence probability above which a finding slot is reported with its box.")
+    llm: str = option("smollm2-135m",
+        "Language model: 'smollm2-135m' (bundled GGUF), a cached Hugging Face id or a local folder.")
+    lora_r: int = option(16, "LoRA rank of the language model adapter.")
+    lora_alpha: int = option(32, "LoRA scaling numerator (alpha / r scales the update).")
+    dropout: float = option(0.1, "Dropout in encoders, perception layer and head.")
+    panel: str | None = option(None, "Disease panel YAML file; None: the bundled default panel.")
+    seed: int = option(0, "Seed for parameter initialisation.")
 
     def __post_init__(self) -> None:
         # Partial nested mappings keep the other defaults (a bare ViTConfig default would be
@@ -94,18 +92,12 @@ class ModelConfig:
             self.tokens = {**_default_tokens(), **self.tokens}
         if isinstance(self.cxr_vit, dict):
             self.cxr_vit = {**_default_vit(), **self.cxr_vit}
-        self.validate()
+        super().__post_init__()
 
     # ------------------------------------------------------------------ checks
     def validate(self) -> None:
         """Raise ConfigError naming the first bad key."""
-        def positive_int(name: str) -> None:
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ConfigError(f"{name}: must be a positive integer, got {v!r}")
-
-        for name in ("d_model", "n_heads", "perception_layers", "ecg_channels", "cxr_size", "lora_r", "lora_alpha"):
-            positive_int(name)
+        self.require_ints("d_model", "n_heads", "perception_layers", "ecg_channels", "cxr_size", "lora_r", "lora_alpha")
         if self.d_model % self.n_heads:
             raise ConfigError(f"n_heads: must divide d_model ({self.d_model}), got {self.n_heads}")
         if self.fusion not in FUSION_STRATEGIES:
@@ -116,9 +108,7 @@ class ModelConfig:
             if key not in MODALITIES:
                 raise ConfigError(f"tokens.{key}: unknown modality (known: {', '.join(MODALITIES)})")
         for m in MODALITIES:
-            k = self.tokens.get(m)
-            if not isinstance(k, int) or isinstance(k, bool) or k < 2:
-                raise ConfigError(f"tokens.{m}: must be an integer >= 2 (several tokens per modality), got {k!r}")
+            check_int(f"tokens.{m}", self.tokens.get(m), minimum=2, note=" (several tokens per modality)")
         for name in ("ecg_fs", "ecg_seconds"):
             v = getattr(self, name)
             if not isinstance(v, int | float) or isinstance(v, bool) or v <= 0:
@@ -142,9 +132,7 @@ class ModelConfig:
             if key not in VIT_KEYS:
                 raise ConfigError(f"cxr_vit.{key}: not a ViTConfig argument (known: {', '.join(VIT_KEYS)})")
         for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "patch_size"):
-            v = self.cxr_vit[key]
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ConfigError(f"cxr_vit.{key}: must be a positive integer, got {v!r}")
+            check_int(f"cxr_vit.{key}", self.cxr_vit[key])
         if self.cxr_vit["hidden_size"] % self.cxr_vit["num_attention_heads"]:
             raise ConfigError("cxr_vit.num_attention_heads: must divide cxr_vit.hidden_size")
         patch = self.cxr_vit["patch_size"]
@@ -156,54 +144,10 @@ class ModelConfig:
             raise ConfigError("finding_labels: must be a non-empty list of distinct names")
         if not isinstance(self.finding_threshold, int | float) or not 0.0 < self.finding_threshold < 1.0:
             raise ConfigError(f"finding_threshold: must be in (0, 1), got {self.finding_threshold!r}")
-        if not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError(f"seed: must be a non-negative integer, got {self.seed!r}")
+        self.require_ints("seed", minimum=0)
 
     # ------------------------------------------------------------ derived sizes
     @property
     def ecg_samples(self) -> int:
         """Samples per lead the ECG encoder sees (ecg_fs * ecg_seconds)."""
         return int(round(self.ecg_fs * self.ecg_seconds))
-
-    # ----------------------------------------------------------- serialisation
-    def to_dict(self) -> dict[str, Any]:
-        """A plain mapping (YAML/JSON ready) of every field."""
-        return copy.deepcopy(dataclasses.asdict(self))
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], origin: str = "config") -> ModelConfig:
-        """Build a config from a mapping; an unknown key is a ConfigError naming it.
-
-        `tokens` and `cxr_vit` may be given partially: missing entries keep their defaults.
-        """
-        if not isinstance(data, dict):
-            raise ConfigError(f"{origin}: a model config must be a mapping of key: value")
-        names = {f.name for f in dataclasses.fields(cls)}
-        for key in data:
-            if key not in names:
-                raise ConfigError(f"{origin}: unknown key '{key}' (known: {', '.join(sorted(names))})")
-        try:
-            return cls(**data)
-        except ConfigError as e:
-            raise ConfigError(f"{origin}: {e}") from None
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> ModelConfig:
-        """Read a YAML config file whose keys are the field names."""
-        import yaml
-
-        p = Path(path)
-        if not p.is_file():
-            raise InputError(p, "config file not found")
-        try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
-            raise InputError(p, f"invalid YAML ({e.__class__.__name__})") from None
-        if not isinstance(data, dict):
-            raise InputError(p, "a config file must be a mapping of key: value")
-        return cls.from_dict(data, origin=str(p))
-
-    @classmethod
-    def help(cls) -> dict[str, str]:
-        """Field name -> help text (for CLI flags and documentation)."""
-        return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}

@@ -28,12 +28,13 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from medfuse.config import YamlConfig, option
 from medfuse.errors import ConfigError, InputError
 from medfuse.knowledge.panel import load_panel
 from medfuse.record.case import CXRImage, Demographics, Diagnosis, Labels, PatientCase
@@ -53,44 +54,34 @@ GENERATOR_VERSION = 1
 EPOCH = dt.datetime(2130, 1, 1)
 
 
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
-
-
 @dataclass
-class SynthConfig:
+class SynthConfig(YamlConfig):
     """Settings of the synthetic cohort; every field is a YAML key of `--config FILE`."""
 
-    n: int = field(default=100, metadata=_help("Number of cases."))
-    seed: int = field(default=0, metadata=_help("Master seed; the same seed gives a byte-identical cohort."))
-    p_cxr: float = field(default=0.8, metadata=_help("Probability that a case has a chest radiograph."))
-    p_ecg: float = field(default=0.85, metadata=_help("Probability that a case has a 12-lead ECG."))
-    p_labs: float = field(default=0.9, metadata=_help("Probability that a case has laboratory results."))
-    p_vitals: float = field(default=0.95, metadata=_help("Probability that a case has vital signs."))
-    p_notes: float = field(default=0.85, metadata=_help("Probability that a case has a history note."))
-    p_genomics_lung_cancer: float = field(default=0.6, metadata=_help("Probability that a lung-cancer case had a variant panel."))
-    p_genomics_other: float = field(default=0.03, metadata=_help("Probability that any other case had a (germline) panel."))
-    healthy_share: float = field(default=disease_model.HEALTHY_SHARE,
-                                 metadata=_help("Share of patients drawn without any panel disease."))
-    zh_share: float = field(default=0.2, metadata=_help("Share of cases whose notes, lab names and report are Chinese."))
-    image_size: int = field(default=256, metadata=_help("Radiograph width and height in pixels (>= 224)."))
-    ecg_fs: float = field(default=500.0, metadata=_help("ECG sampling rate in Hz."))
-    ecg_duration_s: float = field(default=10.0, metadata=_help("ECG length in seconds."))
-    lab_missing_rate: float = field(default=0.05, metadata=_help("Probability that an ordered test has no result."))
-    alt_unit_rate: float = field(default=0.3, metadata=_help("Rate of results reported in an alternative unit (0: never)."))
-    vitals_missing_rate: float = field(default=0.05, metadata=_help("Probability that one vital sign is missing from a set."))
-    disease_rules: dict[str, dict[str, Any]] | None = field(
-        default=None, metadata=_help("Replacement disease rules (see medfuse.synth.diseases.DISEASE_RULES); None: the defaults."))
-
-    def __post_init__(self) -> None:
-        self.validate()
+    n: int = option(100, "Number of cases.")
+    seed: int = option(0, "Master seed; the same seed gives a byte-identical cohort.")
+    p_cxr: float = option(0.8, "Probability that a case has a chest radiograph.")
+    p_ecg: float = option(0.85, "Probability that a case has a 12-lead ECG.")
+    p_labs: float = option(0.9, "Probability that a case has laboratory results.")
+    p_vitals: float = option(0.95, "Probability that a case has vital signs.")
+    p_notes: float = option(0.85, "Probability that a case has a history note.")
+    p_genomics_lung_cancer: float = option(0.6, "Probability that a lung-cancer case had a variant panel.")
+    p_genomics_other: float = option(0.03, "Probability that any other case had a (germline) panel.")
+    healthy_share: float = option(disease_model.HEALTHY_SHARE, "Share of patients drawn without any panel disease.")
+    zh_share: float = option(0.2, "Share of cases whose notes, lab names and report are Chinese.")
+    image_size: int = option(256, "Radiograph width and height in pixels (>= 224).")
+    ecg_fs: float = option(500.0, "ECG sampling rate in Hz.")
+    ecg_duration_s: float = option(10.0, "ECG length in seconds.")
+    lab_missing_rate: float = option(0.05, "Probability that an ordered test has no result.")
+    alt_unit_rate: float = option(0.3, "Rate of results reported in an alternative unit (0: never).")
+    vitals_missing_rate: float = option(0.05, "Probability that one vital sign is missing from a set.")
+    disease_rules: dict[str, dict[str, Any]] | None = option(None,
+        "Replacement disease rules (see medfuse.synth.diseases.DISEASE_RULES); None: the defaults.")
 
     def validate(self) -> None:
         """Raise ConfigError naming the first bad key."""
-        if not isinstance(self.n, int) or self.n < 1:
-            raise ConfigError(f"n: must be a positive integer, got {self.n!r}")
-        if not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError(f"seed: must be a non-negative integer, got {self.seed!r}")
+        self.require_ints("n")
+        self.require_ints("seed", minimum=0)
         for f in dataclasses.fields(self):
             if f.name.startswith("p_") or f.name in ("healthy_share", "zh_share", "lab_missing_rate",
                                                      "alt_unit_rate", "vitals_missing_rate"):
@@ -119,34 +110,6 @@ class SynthConfig:
                 raise ConfigError(f"disease_rules.{key}: must be a mapping")
             merged.setdefault(key, {}).update(rule)
         return merged
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], origin: str = "config") -> SynthConfig:
-        """Build a config from a mapping; unknown keys are an error that names the key."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        for key in data:
-            if key not in names:
-                raise ConfigError(f"{origin}: unknown key '{key}' (known: {', '.join(sorted(names))})")
-        return cls(**data)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> SynthConfig:
-        """Read a YAML config file (keys are the field names)."""
-        import yaml
-
-        p = Path(path)
-        if not p.is_file():
-            raise InputError(p, "config file not found")
-        try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
-            raise InputError(p, f"invalid YAML ({e.__class__.__name__})") from None
-        if not isinstance(data, dict):
-            raise InputError(p, "a config file must be a mapping of key: value")
-        return cls.from_dict(data, origin=str(p))
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 # ---------------------------------------------------------------- one case

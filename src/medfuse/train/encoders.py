@@ -25,20 +25,9 @@ from torch import nn
 
 from medfuse.model.inputs import NOTES_DIM, collate, embed_texts, featurize_many
 from medfuse.record.case import MODALITIES, PatientCase
-from medfuse.train.common import (
-    ResumableState,
-    Throughput,
-    check_output,
-    epoch_batches,
-    finish_stage,
-    lr_factor,
-    make_accelerator,
-    seed_everything,
-    shard,
-    split_cases,
-    stage_log,
-)
+from medfuse.train.common import shard, split_cases
 from medfuse.train.config import EncodersConfig
+from medfuse.train.loop import Stage, StepReport, loss_report, run_loop, start_stage, train_only
 
 CONTRAST_DIM = 128
 FINDING_THRESHOLDS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.7)
@@ -244,14 +233,11 @@ def calibrate_on_validation(model, cohort: str, split_seed: int, limit: int | No
 
 def train_encoders(cfg: EncodersConfig, command: str | None = None) -> dict[str, Any]:
     """Run the stage; returns a summary (steps, seconds, validation metrics, checkpoint path)."""
+    from medfuse.model import MedFuse
     from medfuse.model.config import ModelConfig
     from medfuse.model.inputs import FeatureStats
-    from medfuse.model import MedFuse
 
-    out = check_output(cfg)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    seed_everything(cfg.seed)
+    out = start_stage(cfg)
     train_cases = split_cases(cfg.cohort, "train", cfg.limit, cfg.split_seed)
     val_cases = split_cases(cfg.cohort, "val", None if cfg.limit is None else max(8, cfg.limit // 4), cfg.split_seed)
     if not train_cases or not val_cases:
@@ -270,71 +256,34 @@ def train_encoders(cfg: EncodersConfig, command: str | None = None) -> dict[str,
     val = EncoderData.build(val_cases, model, with_texts=False)
     prep_s = time.perf_counter() - start
 
+    train_only(model, model.trainable_parts("encoders"))
     objective = EncoderObjective(model.fusion, cfg)
-    optimizer = torch.optim.AdamW([p for p in objective.parameters() if p.requires_grad], lr=cfg.lr,
-                                  weight_decay=cfg.weight_decay)
-    steps_per_epoch = -(-len(train.items) // cfg.batch_size)
-    total = min(cfg.max_steps or 10**12, steps_per_epoch * cfg.epochs)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.warmup_steps, total))
-    accelerator = make_accelerator()
-    objective, optimizer = accelerator.prepare(objective, optimizer)
-    state = ResumableState(cfg)
-    step = 0
-    if state.exists():
-        step, _ = state.load(accelerator.unwrap_model(objective), optimizer, scheduler)
-    log = stage_log(out, "encoders", accelerator)
-    rng = np.random.default_rng(cfg.seed)
-    from tqdm import tqdm
 
-    bar = tqdm(total=total, initial=step, disable=cfg.quiet, desc="train encoders", unit="step")
-    speed = Throughput()
-    done = 0
-    train_start = time.perf_counter()
-    for _epoch in range(cfg.epochs):
-        for idx in epoch_batches(len(train.items), cfg.batch_size, rng):
-            if done < step:  # resumed: replay the data order up to the saved step
-                done += 1
-                continue
-            if step >= total:
-                break
-            objective.train()
-            batch = {k: v.to(accelerator.device) for k, v in train.batch(shard(idx, accelerator)).items()}
-            losses = objective(batch)
-            optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(losses["loss"])
-            if cfg.grad_clip:
-                accelerator.clip_grad_norm_(objective.parameters(), cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            done += 1
-            speed.add(len(idx))
-            bar.update(1)
-            bar.set_postfix(loss=f"{float(losses['loss'].detach()):.3f}")
-            if step % cfg.log_every == 0 or step == total:
-                log.log(step, lr=scheduler.get_last_lr()[0], cases_per_s=speed.rate(),
-                        **{k: round(float(v.detach()), 5) for k, v in losses.items() if torch.is_tensor(v)})
-            if step % cfg.save_every == 0 and step < total and accelerator.is_main_process:
-                state.save(step, accelerator.unwrap_model(objective), optimizer, scheduler)
-    bar.close()
-    train_s = time.perf_counter() - train_start
+    def step(idx: np.ndarray, objective: nn.Module, accelerator) -> StepReport:
+        objective.train()
+        batch = {k: v.to(accelerator.device) for k, v in train.batch(shard(idx, accelerator)).items()}
+        losses = objective(batch)
+        accelerator.backward(losses["loss"])
+        return loss_report(losses, samples=len(idx))
+
+    run = run_loop(cfg, out, Stage("encoders", objective, len(train.items), step, throughput="cases_per_s"))
 
     # ---- calibration on the validation split
-    model.fusion = accelerator.unwrap_model(objective).fusion
+    model.fusion = run.module.fusion
     model.card["findings_trained"] = cfg.finding_weight > 0 and model.config.fusion != "early"
     val_metrics = calibrate(model, val_cases, val)
-    log.log(step, **{"val_" + k: v for k, v in val_metrics["diagnosis"].items()})
+    run.log.log(run.steps, **{"val_" + k: v for k, v in val_metrics["diagnosis"].items()})
     model.card.update({
         "trained": True,
         "training_data": f"{len(train_cases)} training / {len(val_cases)} validation cases of cohort "
                          f"'{out_name(cfg.cohort)}' (patient-level split, seed {cfg.split_seed})",
-        "stages": [*model.card.get("stages", []), {"stage": "encoders", "steps": step, "seconds": round(train_s, 1),
-                                                   "command": command, "config": cfg.to_dict(),
-                                                   "validation": val_metrics}],
+        "stages": [*model.card.get("stages", []), {"stage": "encoders", "steps": run.steps,
+                                                   "seconds": round(run.seconds, 1), "command": command,
+                                                   "config": cfg.as_dict(), "validation": val_metrics}],
     })
-    finish_stage(model, out, log, state, accelerator)
-    return {"stage": "encoders", "steps": step, "train_cases": len(train_cases), "val_cases": len(val_cases),
-            "prepare_s": round(prep_s, 1), "train_s": round(train_s, 1), "validation": val_metrics, "out": str(out)}
+    run.finish(model)
+    return {"stage": "encoders", "steps": run.steps, "train_cases": len(train_cases), "val_cases": len(val_cases),
+            "prepare_s": round(prep_s, 1), "train_s": round(run.seconds, 1), "validation": val_metrics, "out": str(out)}
 
 
 def out_name(path: str) -> str:

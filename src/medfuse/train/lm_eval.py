@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from medfuse.train.config import LMStageConfig
+from medfuse.train.task_data import TaskData
 
 _NUMBER = re.compile(r"(?<![A-Za-z])\d+(?:\.\d+)?")
 
@@ -36,7 +37,6 @@ def evaluate_answers(model, cfg: LMStageConfig, n: int, max_new_tokens: int = 19
     from medfuse.interpret.case import interpret_case
     from medfuse.model.faithfulness import check_reasoning
     from medfuse.model.llm import chat_prompt
-    from medfuse.train.lm_stages import TaskData
     from medfuse.train.rewards import format_reward, jaccard_reward
 
     data = TaskData(cfg, split, ("diagnosis",), model, n)
