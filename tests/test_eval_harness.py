@@ -172,3 +172,12 @@ def test_tiny_hf_causal_lm_end_to_end(tmp_path, fixtures):
     assert 0.0 <= s["metrics"]["accuracy"] <= 1.0
     again = run_eval(cfg)  # fully cached: the model is not loaded again
     assert again["n_cached"] == 2 and again["n_generated"] == 0
+
+
+def test_create_model_passes_endpoint_options_to_openai_models():
+    from medfuse.eval.models import create_model
+
+    # With --model-name given, nothing is sent to the endpoint when the adapter is built.
+    model = create_model("openai:http://127.0.0.1:9/v1", model_name="stub", concurrency=3, backoff_s=0.5, batch_size=2)
+    assert (model.concurrency, model.backoff_s, model.max_retries, model.timeout_s) == (3, 0.5, 5, 120.0)
+    assert model.model_id == "openai:http://127.0.0.1:9/v1#stub"

@@ -234,3 +234,62 @@ def test_prompts_are_versioned_and_do_not_repeat_listed_options(fixtures):
     assert p.cache_hash() == build_prompt(items[0]).cache_hash() != build_prompt(items[1]).cache_hash()
     listed = items[0].model_copy(update={"question": "Q?\nAnswer Choices: (A) x (B) y"})
     assert "B. Nitrofurantoin" not in build_prompt(listed).user
+
+
+# ------------------------------------------------------------------ the shared loader contract
+
+def test_option_letter_maps_answer_text_only_when_exactly_one_option_matches():
+    from medfuse.eval.benchmarks.base import option_letter
+
+    options = {"A": "X-ray", "B": "CT", "C": "ct"}
+    assert option_letter(options, " X-ray ") == "A"
+    assert option_letter(options, "x-ray", fold=str.casefold) == "A"
+    assert option_letter(options, "CT", fold=str.casefold) is None  # B and C both match: no letter
+    assert option_letter(options, "MRI") is None and option_letter(options, None) is None
+
+
+def test_pick_file_and_find_image_look_in_the_release_layout(tmp_path):
+    from medfuse.eval.benchmarks.base import find_image, image_roots, pick_file
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.png").write_bytes(b"x")
+    (tmp_path / "b.png").write_bytes(b"x")
+    (tmp_path / "test.json").write_text("[]")
+    assert pick_file(tmp_path, ["test.csv", "test.json"], "no test file") == tmp_path / "test.json"
+    assert pick_file(tmp_path / "b.png", ["test.json"], "no test file") == tmp_path / "b.png"  # a file is itself
+    with pytest.raises(InputError, match="no annotation.json here"):
+        pick_file(tmp_path, ["annotation.json"], "no annotation.json here")
+    roots = image_roots(tmp_path, "figures", "images")  # figures/ does not exist
+    assert roots == [tmp_path / "images", tmp_path]
+    assert find_image(roots, "a.png") == (tmp_path / "images" / "a.png").resolve()
+    assert find_image(roots, "b.png") == (tmp_path / "b.png").resolve() and find_image(roots, "c.png") is None
+
+
+def test_vqa_item_decides_closed_by_yes_no_when_the_release_has_no_answer_type(tmp_path):
+    from medfuse.eval.benchmarks.base import VQABenchmark
+
+    bench = get_benchmark("pathvqa")
+    assert isinstance(bench, VQABenchmark)
+    image = tmp_path / "x.jpg"
+    image.write_bytes(b"x")
+    yes = bench.vqa_item("1", {"question": "Is it?", "answer": "Yes"}, image)
+    other = bench.vqa_item("2", {"question": "What?", "answer": "granuloma"}, image, kind="CLOSED")
+    assert (yes.answer_type, yes.metadata, yes.benchmark) == ("closed", {"answer_type": "CLOSED"}, "pathvqa")
+    assert other.answer_type == "closed"  # the release's CLOSED wins over the yes/no rule
+    assert bench.vqa_item("3", {"question": "", "answer": "no"}, image) is None
+    assert bench.vqa_item("4", {"question": "Q?", "answer": "no"}, None) is None
+    assert bench.skipped == {"empty question or answer": 1, "image file not found": 1}
+
+
+def test_limit_stops_reading_a_json_lines_file_early(tmp_path, fixtures):
+    good = (fixtures / "benchmarks/medqa/US/test.jsonl").read_text().splitlines()[0]
+    (tmp_path / "test.jsonl").write_text(good + "\n{broken\n")
+    assert len(get_benchmark("medqa").load(tmp_path, limit=1)) == 1
+    with pytest.raises(InputError, match="invalid JSON on line 2"):
+        get_benchmark("medqa").load(tmp_path)
+
+
+def test_record_lacking_the_format_fields_is_a_one_line_error(tmp_path):
+    (tmp_path / "test.json").write_text('[{"question": "q", "answer": "a"}]')  # no q_lang
+    with pytest.raises(InputError, match=r"record 0 lacks question/answer/q_lang \(not a SLAKE file\)"):
+        get_benchmark("slake").load(tmp_path)

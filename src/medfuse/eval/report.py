@@ -15,11 +15,15 @@ import html
 import json
 from collections import defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from medfuse.errors import InputError
 from medfuse.eval.harness import ITEMS_FILE, SUMMARY_FILE
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 MAX_CONFUSION_LABELS = 12  # closed VQA can have many answers; keep the most frequent
 
@@ -61,6 +65,16 @@ def _slug(text: str) -> str:
 # ---------------------------------------------------------------- plots
 
 
+def _save_figure(fig: Figure, path: Path) -> Path:
+    """Write a finished plot to `path` (PNG) and free it; returns `path`."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _plot_disease_f1(runs: list[dict], path: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
@@ -78,10 +92,7 @@ def _plot_disease_f1(runs: list[dict], path: Path) -> Path | None:
     ax.set_ylabel("F1")
     ax.set_title("Per-disease F1")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 def _plot_calibration(runs: list[dict], path: Path) -> Path | None:
@@ -112,10 +123,7 @@ def _plot_calibration(runs: list[dict], path: Path) -> Path | None:
     ax.set_ylabel("observed frequency")
     ax.set_title("Calibration (all diseases pooled)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 def _plot_confusion(run: dict, path: Path) -> Path | None:
@@ -153,10 +161,7 @@ def _plot_confusion(run: dict, path: Path) -> Path | None:
     ax.set_xlabel("parsed answer")
     ax.set_ylabel("gold")
     ax.set_title(f"{run['name']}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 # ---------------------------------------------------------------- report

@@ -13,6 +13,11 @@ Conventions every loader follows:
   counted in `self.skipped` (reason -> count), never dropped silently.
 - Option letters are upper-case `A`, `B`, ...; gold for multiple choice is a letter; boxes
   are on the 0-999 grid of DESIGN.md.
+
+A loader module holds only what is specific to its release format; the file discovery,
+reading, record checks, image look-up and item building shared by several formats live
+here (`pick_file`, `read_json_list`, `check_record`, `find_image`, `option_letter`,
+`Benchmark.item`, and `VQABenchmark` for the free-text VQA releases).
 """
 
 from __future__ import annotations
@@ -20,8 +25,10 @@ from __future__ import annotations
 import csv
 import json
 from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TextIO
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -122,6 +129,55 @@ class Benchmark:
         """Count a record left out of the evaluation, with a short reason (no content)."""
         self.skipped[reason] += 1
 
+    def item(self, **fields: Any) -> EvalItem:
+        """An `EvalItem` of this benchmark: `benchmark` and `task_type` are the loader's own."""
+        return EvalItem(benchmark=self.name, task_type=self.task_type, **fields)
+
+    def one_split(self, split: str | None) -> str:
+        """The split to read where each file holds one split: `all` reads the default one."""
+        return split if split and split != "all" else self.default_split
+
+
+class VQABenchmark(Benchmark):
+    """Image question answering with a free-text gold (VQA-RAD, SLAKE, PathVQA).
+
+    Every record has a question, an answer and one image. An item is closed or open by the
+    release's `answer_type` (OPEN / CLOSED); where a release has none, a yes/no answer is
+    closed and any other open, as MedEvalKit does.
+    """
+
+    task_type = "vqa"
+    breakdowns = ("answer_type",)
+
+    def vqa_item(
+        self, id: str, record: dict, image: Path | None, kind: str | None = None, lang: str = "en",
+        metadata: dict[str, Any] | None = None,
+    ) -> EvalItem | None:
+        """The item of one QA record (its `question` and `answer` fields), or None when the
+        question or answer is empty or the image is missing (counted in `skipped`).
+
+        `kind` is the release's OPEN / CLOSED (None: decided by the yes/no rule), kept in
+        `metadata["answer_type"]` for the breakdown.
+        """
+        question, answer = text_or_none(record.get("question")), text_or_none(record.get("answer"))
+        if question is None or answer is None:
+            self.skip("empty question or answer")
+            return None
+        if image is None:
+            self.skip("image file not found")
+            return None
+        if kind is None:
+            kind = "CLOSED" if answer.lower() in ("yes", "no") else "OPEN"
+        return self.item(
+            id=id,
+            answer_type="closed" if kind == "CLOSED" else "open",
+            question=question,
+            images=[str(image)],
+            gold=answer,
+            lang=lang,
+            metadata={**(metadata or {}), "answer_type": kind},
+        )
+
 
 _REGISTRY: dict[str, type[Benchmark]] = {}
 
@@ -138,66 +194,88 @@ def register(cls: type[Benchmark]) -> type[Benchmark]:
 
 # ---------------------------------------------------------------- file reading helpers
 
-def read_json(path: Path) -> Any:
-    """Parse a JSON file or raise InputError naming it."""
+@contextmanager
+def _open_text(path: Path, newline: str | None = None) -> Iterator[TextIO]:
+    """`path` opened as UTF-8 text (a BOM is dropped), for a `with` block; a missing file or
+    one that is not UTF-8, found when opening or while reading, raises InputError naming it."""
     try:
-        with open(path, encoding="utf-8-sig") as f:
-            return json.load(f)
+        with open(path, encoding="utf-8-sig", newline=newline) as f:
+            yield f
     except FileNotFoundError:
         raise InputError(path, "file not found") from None
     except UnicodeDecodeError:
         raise InputError(path, "not UTF-8 text") from None
+
+
+def read_json(path: Path) -> Any:
+    """Parse a JSON file or raise InputError naming it."""
+    try:
+        with _open_text(path) as f:
+            return json.load(f)
     except json.JSONDecodeError as e:
         raise InputError(path, f"invalid JSON (line {e.lineno}: {e.msg})") from None
     except IsADirectoryError:
         raise InputError(path, "expected a JSON file, got a folder") from None
 
 
-def iter_jsonl(path: Path):
+def read_json_list(path: Path, records: str) -> list:
+    """A JSON file that must hold a list (of `records`, named in the error otherwise)."""
+    data = read_json(path)
+    if not isinstance(data, list):
+        raise InputError(path, f"expected a JSON list of {records}")
+    return data
+
+
+def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
     """Yield (line number, object) for each non-empty line of a JSON Lines file."""
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    yield lineno, json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise InputError(path, f"invalid JSON on line {lineno} ({e.msg}); expected JSON Lines") from None
-    except FileNotFoundError:
-        raise InputError(path, "file not found") from None
-    except UnicodeDecodeError:
-        raise InputError(path, "not UTF-8 text") from None
+    with _open_text(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(path, f"invalid JSON on line {lineno} ({e.msg}); expected JSON Lines") from None
 
 
 def read_csv_rows(path: Path, header: bool = True) -> list[dict[str, str]] | list[list[str]]:
     """Rows of a CSV file (dicts keyed by header, or lists when `header=False`)."""
     try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            if header:
-                reader = csv.DictReader(f)
-                rows = list(reader)
-                if reader.fieldnames is None:
-                    raise InputError(path, "empty CSV file")
-                return rows
-            return [r for r in csv.reader(f) if r]
-    except FileNotFoundError:
-        raise InputError(path, "file not found") from None
-    except UnicodeDecodeError:
-        raise InputError(path, "not UTF-8 text") from None
+        with _open_text(path, newline="") as f:
+            if not header:
+                return [r for r in csv.reader(f) if r]
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            if reader.fieldnames is None:
+                raise InputError(path, "empty CSV file")
+            return rows
     except csv.Error as e:
         raise InputError(path, f"invalid CSV ({e})") from None
 
 
-def pick_file(path: Path, candidates: list[str], what: str) -> Path:
-    """`path` itself if it is a file, else the first of `candidates` found under the folder."""
+def check_record(path: Path, index: int, record: Any, fields: Sequence[str], source: str) -> dict:
+    """`record` (number `index` of the list in `path`) as a dict holding every one of `fields`.
+
+    A record without them means the file is not the format at all, so this raises
+    InputError ("record 3 lacks question/answer (not a VQA-RAD file)") rather than skipping.
+    """
+    if not isinstance(record, dict) or any(f not in record for f in fields):
+        raise InputError(path, f"record {index} lacks {'/'.join(fields)} (not {source})")
+    return record
+
+
+def pick_file(path: Path, candidates: Sequence[str], missing: str) -> Path:
+    """`path` itself if it is a file, else the first of `candidates` under the folder.
+
+    `missing` is the problem reported when the folder holds none of them.
+    """
     if path.is_file():
         return path
     for c in candidates:
         p = path / c
         if p.is_file():
             return p
-    raise InputError(path, f"no {what} found (looked for {', '.join(candidates)})")
+    raise InputError(path, missing)
 
 
 def text_or_none(value: Any) -> str | None:
@@ -210,7 +288,29 @@ def text_or_none(value: Any) -> str | None:
     return s or None
 
 
+def option_letter(options: dict[str, str], text: str | None, fold: Callable[[str], str] = str.strip) -> str | None:
+    """The letter of the one option whose text equals `text` after `fold`, else None.
+
+    For releases that give the gold answer as option text; an answer matching no option,
+    or several, has no letter.
+    """
+    if not text:
+        return None
+    matches = [k for k, v in options.items() if fold(v) == fold(text)]
+    return matches[0] if len(matches) == 1 else None
+
+
 def resolve_image(root: Path, relative: str) -> Path | None:
     """The image file `relative` under `root`, or None when it does not exist."""
     p = (root / relative).resolve()
     return p if p.is_file() else None
+
+
+def image_roots(folder: Path, *subfolders: str) -> list[Path]:
+    """Where a release keeps its images: the `subfolders` of `folder` that exist, then `folder`."""
+    return [d for d in (*(folder / s for s in subfolders), folder) if d.is_dir()]
+
+
+def find_image(roots: Sequence[Path], relative: str) -> Path | None:
+    """The image `relative` under the first of `roots` that holds it, or None."""
+    return next((p for root in roots if (p := resolve_image(root, relative)) is not None), None)

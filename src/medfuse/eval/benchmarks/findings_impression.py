@@ -13,7 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from medfuse.errors import InputError
-from medfuse.eval.benchmarks.base import Benchmark, EvalItem, read_csv_rows, read_json, register, resolve_image, text_or_none
+from medfuse.eval.benchmarks.base import (
+    Benchmark, find_image, image_roots, pick_file, read_csv_rows, read_json_list, register, text_or_none,
+)
 from medfuse.eval.benchmarks.r2gen import REPORT_INSTRUCTION
 
 _FINDINGS = ("findings", "section_findings")
@@ -39,22 +41,15 @@ class FindingsImpression(Benchmark):
     splits = ("test", "valid", "validation", "train")
 
     def _load(self, path: Path, split: str | None, lang: str | None):
-        if path.is_dir():
-            file = next((path / n for n in ("test.csv", "test.json") if (path / n).is_file()), None)
-            if file is None:
-                raise InputError(path, "no test.csv or test.json in this folder")
-        else:
-            file = path
+        file = pick_file(path, ["test.csv", "test.json"], "no test.csv or test.json in this folder")
         if file.suffix.lower() == ".json":
-            rows = read_json(file)
-            if not isinstance(rows, list):
-                raise InputError(file, "expected a JSON list of {image, findings, impression} records")
+            rows = read_json_list(file, "{image, findings, impression} records")
         else:
             rows = read_csv_rows(file)
         if rows and isinstance(rows[0], dict) and _column(rows[0], _FINDINGS) is None and _column(rows[0], _IMPRESSION) is None:
             if not any(k.lower() in _FINDINGS + _IMPRESSION for k in rows[0]):
                 raise InputError(file, "no findings or impression column")
-        image_roots = [d for d in (file.parent / "images", file.parent) if d.is_dir()]
+        roots = image_roots(file.parent, "images")
         for i, row in enumerate(rows):
             if not isinstance(row, dict):
                 raise InputError(file, f"record {i} is not an object")
@@ -74,17 +69,15 @@ class FindingsImpression(Benchmark):
             names = raw_images if isinstance(raw_images, list) else ([raw_images] if text_or_none(raw_images) else [])
             images = []
             for n in names:
-                found = next((p for d in image_roots if (p := resolve_image(d, str(n))) is not None), None)
+                found = find_image(roots, str(n))
                 if found is None:
                     break
                 images.append(str(found))
             if len(images) != len(names):
                 self.skip("image file not found")
                 continue
-            yield EvalItem(
+            yield self.item(
                 id=str(text_or_none(_column(row, _ID)) or f"{file.stem}-{i}"),
-                benchmark=self.name,
-                task_type="report",
                 answer_type="report",
                 question=REPORT_INSTRUCTION,
                 images=images,

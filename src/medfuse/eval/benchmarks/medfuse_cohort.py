@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from medfuse.errors import InputError
-from medfuse.eval.benchmarks.base import Benchmark, EvalItem, register
+from medfuse.eval.benchmarks.base import Benchmark, register
 from medfuse.knowledge.panel import load_panel
 from medfuse.record.case import PatientCase
 from medfuse.record.store import CASE_FILE, iter_case_folders, patient_split, read_case, read_index
@@ -104,10 +104,8 @@ class MedfuseCohortDiagnosis(Benchmark):
                 continue
             images = [str((folder / img.file).resolve()) for img in case.cxr if img.file and (folder / img.file).is_file()]
             note_langs = {n.lang for n in case.notes}
-            yield EvalItem(
+            yield self.item(
                 id=case.case_id,
-                benchmark=self.name,
-                task_type="diagnosis",
                 answer_type="label_set",
                 question=DIAGNOSIS_QUESTION,
                 context=case_to_text(case),

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from medfuse.errors import InputError
-from medfuse.eval.benchmarks.base import Benchmark, EvalItem, iter_jsonl, register, text_or_none
+from medfuse.eval.benchmarks.base import Benchmark, iter_jsonl, pick_file, register, text_or_none
 
 _OPTION_KEYS = ("opa", "opb", "opc", "opd")
 
@@ -25,13 +25,8 @@ class MedMCQA(Benchmark):
     breakdowns = ("subject_name",)
 
     def _load(self, path: Path, split: str | None, lang: str | None):
-        if path.is_file():
-            file = path
-        else:
-            name = {"validation": "dev"}.get(split or "dev", split or "dev")
-            file = path / f"{name}.json"
-            if not file.is_file():
-                raise InputError(path, f"no MedMCQA {name}.json in this folder")
+        name = {"validation": "dev"}.get(split or "dev", split or "dev")
+        file = pick_file(path, [f"{name}.json"], f"no MedMCQA {name}.json in this folder")
         records = [(n, r) for n, r in iter_jsonl(file)]
         for n, r in records:
             if not isinstance(r, dict) or "question" not in r or any(k not in r for k in _OPTION_KEYS):
@@ -55,10 +50,8 @@ class MedMCQA(Benchmark):
                 continue
             options = {"ABCD"[i]: str(r.get(k) or "") for i, k in enumerate(_OPTION_KEYS)}
             meta = {k: r.get(k) for k in ("subject_name", "topic_name", "choice_type") if r.get(k) is not None}
-            yield EvalItem(
+            yield self.item(
                 id=str(r.get("id") or f"{file.stem}-{n}"),
-                benchmark=self.name,
-                task_type="multiple_choice",
                 answer_type="choice",
                 question=question,
                 options=options,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from medfuse.errors import InputError
-from medfuse.eval.benchmarks.base import LETTERS, Benchmark, EvalItem, iter_jsonl, register, text_or_none
+from medfuse.eval.benchmarks.base import LETTERS, Benchmark, iter_jsonl, option_letter, pick_file, register, text_or_none
 
 
 @register
@@ -23,17 +23,11 @@ class MedQA(Benchmark):
     splits = ("train", "dev", "test")
     breakdowns = ("meta_info",)
 
-    def _find(self, path: Path, split: str) -> Path:
-        if path.is_file():
-            return path
-        for c in (f"{split}.jsonl", f"US/{split}.jsonl", f"phrases_no_exclude_{split}.jsonl",
-                  f"US/4_options/phrases_no_exclude_{split}.jsonl"):
-            if (path / c).is_file():
-                return path / c
-        raise InputError(path, f"no MedQA {split}.jsonl in this folder")
-
     def _load(self, path: Path, split: str | None, lang: str | None):
-        file = self._find(path, split if split and split != "all" else "test")
+        split = self.one_split(split)
+        candidates = [f"{split}.jsonl", f"US/{split}.jsonl", f"phrases_no_exclude_{split}.jsonl",
+                      f"US/4_options/phrases_no_exclude_{split}.jsonl"]
+        file = pick_file(path, candidates, f"no MedQA {split}.jsonl in this folder")
         lang_guess = "zh" if "Mainland" in file.parts or "Taiwan" in file.parts or file.name.startswith("tw_") else "en"
         for lineno, rec in iter_jsonl(file):
             if not isinstance(rec, dict):
@@ -55,10 +49,9 @@ class MedQA(Benchmark):
                     raise InputError(file, f"line {lineno}: 'options' must be an object")
                 gold = text_or_none(rec.get("answer_idx"))
                 gold = gold.upper() if gold else None
-                if gold is None and (ans := text_or_none(rec.get("answer"))):
+                if gold is None:
                     # Older mirrors carry only the answer text; map it by exact equality.
-                    matches = [k for k, v in options.items() if v.strip() == ans]
-                    gold = matches[0] if len(matches) == 1 else None
+                    gold = option_letter(options, text_or_none(rec.get("answer")))
                 question = text_or_none(rec.get("question"))
             if question is None:
                 self.skip("no question")
@@ -66,10 +59,8 @@ class MedQA(Benchmark):
             if gold is None or gold not in options:
                 self.skip("gold answer missing or not an option")
                 continue
-            yield EvalItem(
+            yield self.item(
                 id=str(rec.get("id", f"{file.stem}-{lineno}")),
-                benchmark=self.name,
-                task_type="multiple_choice",
                 answer_type="choice",
                 question=question,
                 options=options,

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 from medfuse.errors import InputError
-from medfuse.eval.benchmarks.base import Benchmark, EvalItem, read_json, register
+from medfuse.eval.benchmarks.base import Benchmark, read_json_list, register
 from medfuse.knowledge.panel import load_panel
 
 MEDTVT_CATEGORIES = (
@@ -37,9 +37,7 @@ class MedTVTQA(Benchmark):
             if not files:
                 raise InputError(path, "no test_dig_qa_dataset_gpt_7_category*.json in this folder")
             path = files[0]
-        data = read_json(path)
-        if not isinstance(data, list):
-            raise InputError(path, "expected a JSON list of {messages, ECG, image} records")
+        data = read_json_list(path, "{messages, ECG, image} records")
         panel = load_panel()
         candidates = [panel.lookup(c).name if panel.lookup(c) else c for c in MEDTVT_CATEGORIES]
         for i, rec in enumerate(data):
@@ -55,10 +53,8 @@ class MedTVTQA(Benchmark):
             raw_labels = [t.strip() for t in re.split(r"[;；]", m.group(1)) if t.strip()]
             gold = sorted({(panel.lookup(t).name if panel.lookup(t) else t) for t in raw_labels if t.lower() != "none"})
             meta = {"ecg": rec.get("ECG") or [], "image": rec.get("image") or []}
-            yield EvalItem(
+            yield self.item(
                 id=f"{path.stem}-{i}",
-                benchmark=self.name,
-                task_type="diagnosis",
                 answer_type="label_set",
                 question=str(user).strip(),
                 candidates=candidates,

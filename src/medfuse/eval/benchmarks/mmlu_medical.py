@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 from medfuse.errors import InputError
-from medfuse.eval.benchmarks.base import Benchmark, EvalItem, read_csv_rows, register, text_or_none
+from medfuse.eval.benchmarks.base import Benchmark, read_csv_rows, register, text_or_none
 
 MULTIMEDQA_SUBJECTS = (
     "anatomy", "clinical_knowledge", "college_biology", "college_medicine", "medical_genetics", "professional_medicine",
@@ -42,7 +42,7 @@ class MMLUMedical(Benchmark):
         return files
 
     def _load(self, path: Path, split: str | None, lang: str | None):
-        split = split if split and split != "all" else "test"
+        split = self.one_split(split)
         for subject, file in self._files(path, split):
             for i, row in enumerate(read_csv_rows(file, header=False)):
                 if len(row) != 6:
@@ -52,10 +52,8 @@ class MMLUMedical(Benchmark):
                 if question is None or gold not in "ABCD" or not gold:
                     self.skip("no question or answer not A-D")
                     continue
-                yield EvalItem(
+                yield self.item(
                     id=f"{subject}-{i}",
-                    benchmark=self.name,
-                    task_type="multiple_choice",
                     answer_type="choice",
                     question=question,
                     options={"ABCD"[k]: row[1 + k] for k in range(4)},

@@ -12,7 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from medfuse.errors import InputError
-from medfuse.eval.benchmarks.base import Benchmark, EvalItem, read_json, register, resolve_image, text_or_none
+from medfuse.eval.benchmarks.base import (
+    Benchmark, check_record, option_letter, read_json_list, register, resolve_image, text_or_none,
+)
 
 _ACCESS = {"open-access": "Open-access", "restricted-access": "Restricted-access"}
 
@@ -48,16 +50,12 @@ class OmniMedVQA(Benchmark):
     def _load(self, path: Path, split: str | None, lang: str | None):
         root, files = self._files(path, split)
         for file in files:
-            data = read_json(file)
-            if not isinstance(data, list):
-                raise InputError(file, "expected a JSON list of QA records")
+            data = read_json_list(file, "QA records")
             for i, rec in enumerate(data):
-                if not isinstance(rec, dict) or "question" not in rec or "gt_answer" not in rec:
-                    raise InputError(file, f"record {i} lacks question/gt_answer (not an OmniMedVQA file)")
+                check_record(file, i, rec, ("question", "gt_answer"), "an OmniMedVQA file")
                 options = {L: str(rec[f"option_{L}"]).strip() for L in "ABCDEF" if text_or_none(rec.get(f"option_{L}"))}
-                gold_text = text_or_none(rec.get("gt_answer"))
-                matches = [k for k, v in options.items() if gold_text and _fold(v) == _fold(gold_text)]
-                if len(matches) != 1:
+                gold = option_letter(options, text_or_none(rec.get("gt_answer")), fold=_fold)
+                if gold is None:
                     self.skip("gt_answer matches no single option")
                     continue
                 image = resolve_image(root, str(rec.get("image_path") or ""))
@@ -66,14 +64,12 @@ class OmniMedVQA(Benchmark):
                     continue
                 modality = rec.get("modality_type", rec.get("modality"))
                 meta = {"question_type": rec.get("question_type"), "modality_type": modality, "source": file.stem}
-                yield EvalItem(
+                yield self.item(
                     id=str(rec.get("question_id") or f"{file.stem}-{i}"),
-                    benchmark=self.name,
-                    task_type="multiple_choice",
                     answer_type="choice",
                     question=str(rec["question"]).strip(),
                     options=options,
                     images=[str(image)],
-                    gold=matches[0],
+                    gold=gold,
                     metadata={k: v for k, v in meta.items() if v is not None},
                 )

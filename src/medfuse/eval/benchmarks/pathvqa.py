@@ -14,7 +14,7 @@ import pickle
 from pathlib import Path
 
 from medfuse.errors import InputError
-from medfuse.eval.benchmarks.base import Benchmark, EvalItem, iter_jsonl, read_json, register, text_or_none
+from medfuse.eval.benchmarks.base import VQABenchmark, check_record, iter_jsonl, read_json, register
 
 _IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 
@@ -34,13 +34,11 @@ def _read_pickle(path: Path) -> object:
 
 
 @register
-class PathVQA(Benchmark):
+class PathVQA(VQABenchmark):
     name = "pathvqa"
-    task_type = "vqa"
     description = "PathVQA pathology VQA (qas/<split>_qa.pkl or JSON/JSONL; yes/no = closed)"
     default_split = "test"
     splits = ("train", "val", "test")
-    breakdowns = ("answer_type",)
 
     def _find(self, path: Path, split: str) -> tuple[Path, Path]:
         """(QA file, image folder)."""
@@ -72,31 +70,20 @@ class PathVQA(Benchmark):
             return [r for _, r in iter_jsonl(file)]
 
     def _load(self, path: Path, split: str | None, lang: str | None):
-        split = split if split and split != "all" else "test"
+        split = self.one_split(split)
         file, image_dir = self._find(path, split)
         data = self._records(file)
         if not isinstance(data, list):
             raise InputError(file, "expected a list of {image, question, answer} records")
         for i, rec in enumerate(data):
-            if not isinstance(rec, dict) or not {"image", "question", "answer"} <= set(rec):
-                raise InputError(file, f"record {i} lacks image/question/answer (not a PathVQA file)")
-            question, answer = text_or_none(rec["question"]), text_or_none(rec["answer"])
-            if question is None or answer is None:
-                self.skip("empty question or answer")
-                continue
+            check_record(file, i, rec, ("image", "question", "answer"), "a PathVQA file")
             stem = str(rec["image"])
             image = next((image_dir / f"{stem}{e}" for e in ("", *_IMAGE_EXTS) if (image_dir / f"{stem}{e}").is_file()), None)
-            if image is None:
-                self.skip("image file not found")
-                continue
-            closed = answer.lower() in ("yes", "no")
-            yield EvalItem(
+            item = self.vqa_item(
                 id=str(rec.get("question_id", f"{split}-{i}")),
-                benchmark=self.name,
-                task_type="vqa",
-                answer_type="closed" if closed else "open",
-                question=question,
-                images=[str(image.resolve())],
-                gold=answer,
-                metadata={"answer_type": "CLOSED" if closed else "OPEN", "image": stem},
+                record=rec,
+                image=image.resolve() if image is not None else None,
             )
+            if item is not None:
+                item.metadata["image"] = stem
+                yield item

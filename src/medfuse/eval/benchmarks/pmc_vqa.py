@@ -12,8 +12,11 @@ import re
 from pathlib import Path
 
 from medfuse.errors import InputError
-from medfuse.eval.benchmarks.base import Benchmark, EvalItem, read_csv_rows, register, resolve_image, text_or_none
+from medfuse.eval.benchmarks.base import (
+    Benchmark, find_image, image_roots, option_letter, pick_file, read_csv_rows, register, text_or_none,
+)
 
+_SPLIT_FILES = {"test": ("test_2.csv", "test.csv"), "test_clean": ("test_clean.csv",), "train": ("train_2.csv", "train.csv")}
 _PREFIX = re.compile(r"^\s*\(?([A-D])\s*[:.)]\s*")
 
 
@@ -30,18 +33,11 @@ class PMCVQA(Benchmark):
     splits = ("test", "test_clean", "train")
 
     def _load(self, path: Path, split: str | None, lang: str | None):
-        if path.is_file():
-            file = path
-        else:
-            names = {"test": ("test_2.csv", "test.csv"), "test_clean": ("test_clean.csv",), "train": ("train_2.csv", "train.csv")}
-            file = next((path / n for n in names.get(split or "test", ("test_2.csv",)) if (path / n).is_file()), None)
-            if file is None:
-                raise InputError(path, "no PMC-VQA test_2.csv / test.csv in this folder")
+        file = pick_file(path, _SPLIT_FILES.get(split or "test", ("test_2.csv",)), "no PMC-VQA test_2.csv / test.csv in this folder")
         rows = read_csv_rows(file)
         if rows and not {"Figure_path", "Question", "Choice A"} <= set(rows[0]):
             raise InputError(file, "missing columns Figure_path / Question / Choice A (not a PMC-VQA CSV)")
-        root = file.parent
-        image_dirs = [d for d in (root / "figures", root / "images", root / "images_2", root) if d.is_dir()]
+        image_dirs = image_roots(file.parent, "figures", "images", "images_2")
         for i, row in enumerate(rows):
             options = {}
             for letter in "ABCD":
@@ -64,21 +60,18 @@ class PMCVQA(Benchmark):
                 elif m and m.group(1) in options:
                     gold = m.group(1)
                 else:
-                    matches = [k for k, v in options.items() if v.lower() == answer.lower()]
-                    gold = matches[0] if len(matches) == 1 else None
+                    gold = option_letter(options, answer, fold=str.lower)
             if gold is None:
                 self.skip("answer is not one of the options")
                 continue
             figure = str(row.get("Figure_path") or "")
-            image = next((p for d in image_dirs if (p := resolve_image(d, figure)) is not None), None)
+            image = find_image(image_dirs, figure)
             if image is None:
                 self.skip("image file not found")
                 continue
             index = text_or_none(row.get("index") or row.get(""))
-            yield EvalItem(
+            yield self.item(
                 id=f"{file.stem}-{index if index is not None else i}",
-                benchmark=self.name,
-                task_type="multiple_choice",
                 answer_type="choice",
                 question=question,
                 options=options,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from medfuse.errors import InputError
-from medfuse.eval.benchmarks.base import Benchmark, EvalItem, read_json, register, text_or_none
+from medfuse.eval.benchmarks.base import Benchmark, pick_file, read_json, register, text_or_none
 
 DECISIONS = ("yes", "no", "maybe")
 
@@ -24,13 +24,8 @@ class PubMedQA(Benchmark):
     splits = ("test",)
 
     def _load(self, path: Path, split: str | None, lang: str | None):
-        if path.is_file():
-            pqal_file, folder = path, path.parent
-        else:
-            folder = path / "data" if (path / "data" / "ori_pqal.json").is_file() else path
-            pqal_file = folder / "ori_pqal.json"
-            if not pqal_file.is_file():
-                raise InputError(path, "no ori_pqal.json in this folder")
+        pqal_file = pick_file(path, ["data/ori_pqal.json", "ori_pqal.json"], "no ori_pqal.json in this folder")
+        folder = pqal_file.parent
         data = read_json(pqal_file)
         if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
             raise InputError(pqal_file, "expected an object keyed by PMID (ori_pqal.json)")
@@ -65,10 +60,8 @@ class PubMedQA(Benchmark):
             for i, c in enumerate(contexts):
                 label = labels[i] if i < len(labels) and labels[i] else None
                 parts.append(f"{label.capitalize()}: {c}" if label else str(c))
-            yield EvalItem(
+            yield self.item(
                 id=str(pmid),
-                benchmark=self.name,
-                task_type="multiple_choice",
                 answer_type="yes_no_maybe",
                 question=question,
                 context="\n".join(parts),

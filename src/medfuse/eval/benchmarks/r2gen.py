@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from medfuse.errors import InputError
-from medfuse.eval.benchmarks.base import Benchmark, EvalItem, read_json, register, resolve_image, text_or_none
+from medfuse.eval.benchmarks.base import Benchmark, image_roots, pick_file, read_json, register, resolve_image, text_or_none
 
 REPORT_INSTRUCTION = "Write the findings and impression of the radiology report for this chest X-ray study."
 
@@ -26,13 +26,11 @@ class R2Gen(Benchmark):
     splits = ("train", "val", "test")
 
     def _load(self, path: Path, split: str | None, lang: str | None):
-        file = path if path.is_file() else path / "annotation.json"
-        if not file.is_file():
-            raise InputError(path, "no annotation.json in this folder")
+        file = pick_file(path, ["annotation.json"], "no annotation.json in this folder")
         data = read_json(file)
         if not isinstance(data, dict) or not any(k in data for k in self.splits):
             raise InputError(file, "expected an object with train/val/test lists (R2Gen annotation.json)")
-        image_root = file.parent / "images" if (file.parent / "images").is_dir() else file.parent
+        image_root = image_roots(file.parent, "images")[0]  # images/, else beside the annotation file
         for name in self.splits if split in (None, "all") else (split,):
             records = data.get(name, [])
             if not isinstance(records, list):
@@ -54,10 +52,8 @@ class R2Gen(Benchmark):
                 meta = {"dataset": "mimic_cxr" if is_mimic else "iu_xray", "split": name}
                 if is_mimic:
                     meta["study_id"] = rec.get("study_id")
-                yield EvalItem(
+                yield self.item(
                     id=str(rec.get("id", f"{name}-{i}")),
-                    benchmark=self.name,
-                    task_type="report",
                     answer_type="report",
                     question=REPORT_INSTRUCTION,
                     images=[str(im) for im in images],

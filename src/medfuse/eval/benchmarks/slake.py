@@ -10,15 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from medfuse.errors import InputError
-from medfuse.eval.benchmarks.base import Benchmark, EvalItem, read_json, register, resolve_image, text_or_none
+from medfuse.eval.benchmarks.base import (
+    VQABenchmark, check_record, image_roots, read_json_list, register, resolve_image,
+)
 
 _SPLIT_FILES = {"train": ("train.json",), "validation": ("validate.json", "validation.json"), "test": ("test.json",)}
 
 
 @register
-class SLAKE(Benchmark):
+class SLAKE(VQABenchmark):
     name = "slake"
-    task_type = "vqa"
     description = "SLAKE bilingual VQA (JSON; q_lang en/zh; imgs/)"
     default_split = "test"
     splits = ("train", "validation", "test")
@@ -35,36 +36,22 @@ class SLAKE(Benchmark):
 
     def _load(self, path: Path, split: str | None, lang: str | None):
         for file in self._files(path, split):
-            data = read_json(file)
-            if not isinstance(data, list):
-                raise InputError(file, "expected a JSON list of QA records")
-            image_root = file.parent / "imgs" if (file.parent / "imgs").is_dir() else file.parent
+            data = read_json_list(file, "QA records")
+            image_root = image_roots(file.parent, "imgs")[0]  # imgs/, else beside the JSON
             for i, rec in enumerate(data):
-                if not isinstance(rec, dict) or "question" not in rec or "answer" not in rec or "q_lang" not in rec:
-                    raise InputError(file, f"record {i} lacks question/answer/q_lang (not a SLAKE file)")
+                check_record(file, i, rec, ("question", "answer", "q_lang"), "a SLAKE file")
                 q_lang = str(rec["q_lang"]).strip().lower()
                 if lang is not None and q_lang != lang:
                     continue  # cheap filter before the image look-up
-                question, answer = text_or_none(rec.get("question")), text_or_none(rec.get("answer"))
-                if question is None or answer is None:
-                    self.skip("empty question or answer")
-                    continue
-                image = resolve_image(image_root, str(rec.get("img_name") or ""))
-                if image is None:
-                    self.skip("image file not found")
-                    continue
-                kind = str(rec.get("answer_type") or "OPEN").strip().upper()
-                meta = {k: rec[k] for k in ("content_type", "modality", "location", "base_type") if rec.get(k)}
-                meta["answer_type"] = kind
-                meta["lang"] = q_lang
-                yield EvalItem(
+                item = self.vqa_item(
                     id=str(rec.get("qid", f"{file.stem}-{i}")),
-                    benchmark=self.name,
-                    task_type="vqa",
-                    answer_type="closed" if kind == "CLOSED" else "open",
-                    question=question,
-                    images=[str(image)],
-                    gold=answer,
+                    record=rec,
+                    image=resolve_image(image_root, str(rec.get("img_name") or "")),
+                    # Closed SLAKE answers are not only yes/no, so a missing type means open.
+                    kind=str(rec.get("answer_type") or "OPEN").strip().upper(),
                     lang=q_lang,
-                    metadata=meta,
+                    metadata={k: rec[k] for k in ("content_type", "modality", "location", "base_type") if rec.get(k)},
                 )
+                if item is not None:
+                    item.metadata["lang"] = q_lang
+                    yield item

@@ -78,6 +78,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -187,24 +188,43 @@ def _clauses(text: str, lang: str) -> list[str]:
     return [c for c in splitter.split(text) if c and c.strip()]
 
 
+@dataclass(frozen=True)
+class _StateCues:
+    """One language's negation and uncertainty cues: `pre_*` are searched in the text before
+    the mention, `post_*` in the text after it."""
+
+    pre_neg: re.Pattern[str]
+    post_neg: re.Pattern[str]
+    pre_uncertain: re.Pattern[str]
+    post_uncertain: re.Pattern[str]
+
+
+_STATE_CUES = {
+    "en": _StateCues(_EN_PRE_NEG, _EN_POST_NEG, _EN_PRE_UNCERTAIN, _EN_POST_UNCERTAIN),
+    "zh": _StateCues(_ZH_PRE_NEG, _ZH_POST_NEG, _ZH_PRE_UNCERTAIN, _ZH_POST_UNCERTAIN),
+}
+
+
 def _mention_state(clause: str, start: int, end: int, lang: str) -> int:
     """1 positive, 0 negated, -1 uncertain for the mention clause[start:end]."""
     before, inside, after = clause[:start], clause[start:end], clause[end:]
     if lang == "zh":
-        if _ZH_NEG_UNCERTAIN.search(before + inside) or _ZH_NEG_UNCERTAIN.search(after[:6]):
-            return -1
-        if _ZH_PRE_NEG.search(before) or _ZH_POST_NEG.search(after):
-            return 0
-        if _ZH_PRE_UNCERTAIN.search(before) or _ZH_POST_UNCERTAIN.search(after):
-            return -1
-        return 1
-    # Pseudo-negations ("no change in the effusion") are blanked out before the search.
-    head = _EN_PSEUDO_NEG.sub(lambda m: " " * len(m.group()), before + inside)
-    if _EN_NEG_UNCERTAIN.search(head) or _EN_NEG_UNCERTAIN.match(after.lstrip()) or _EN_NEG_UNCERTAIN.search(after[:40]):
+        cues, head = _STATE_CUES["zh"], before
+        neg_uncertain = _ZH_NEG_UNCERTAIN.search(before + inside) or _ZH_NEG_UNCERTAIN.search(after[:6])
+    else:
+        # English negation can sit inside the mention ("heart is not enlarged"); pseudo-
+        # negations ("no change in the effusion") are blanked out before the search.
+        cues = _STATE_CUES["en"]
+        head = _EN_PSEUDO_NEG.sub(lambda m: " " * len(m.group()), before + inside)
+        neg_uncertain = (
+            _EN_NEG_UNCERTAIN.search(head) or _EN_NEG_UNCERTAIN.match(after.lstrip()) or _EN_NEG_UNCERTAIN.search(after[:40])
+        )
+    # Uncertainty phrases that hold a negation word ("cannot exclude") win over both rules.
+    if neg_uncertain:
         return -1
-    if _EN_PRE_NEG.search(head) or _EN_POST_NEG.search(after):
+    if cues.pre_neg.search(head) or cues.post_neg.search(after):
         return 0
-    if _EN_PRE_UNCERTAIN.search(head) or _EN_POST_UNCERTAIN.search(after):
+    if cues.pre_uncertain.search(head) or cues.post_uncertain.search(after):
         return -1
     return 1
 

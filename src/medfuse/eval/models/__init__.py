@@ -11,8 +11,13 @@ only when some output is not cached yet.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Unpack
+
 from medfuse.errors import MedfuseError
 from medfuse.eval.models.base import GeneratedText, GenerationError, ModelAdapter
+
+if TYPE_CHECKING:
+    from medfuse.eval.models.openai_compat import EndpointOptions
 
 __all__ = ["GeneratedText", "GenerationError", "ModelAdapter", "create_model", "split_model_spec"]
 
@@ -52,21 +57,18 @@ def model_cache_id(spec: str, model_name: str | None = None, timeout_s: float = 
 
 
 def create_model(
-    spec: str,
-    model_name: str | None = None,
-    concurrency: int = 8,
-    timeout_s: float = 120.0,
-    max_retries: int = 5,
-    batch_size: int = 4,
-    backoff_s: float = 1.0,
+    spec: str, model_name: str | None = None, batch_size: int = 4, **endpoint: Unpack[EndpointOptions]
 ) -> ModelAdapter:
-    """The adapter for a `--model` spec (loads the model / checks the endpoint now)."""
+    """The adapter for a `--model` spec (loads the model / checks the endpoint now).
+
+    `batch_size` applies to ``hf:`` models, `endpoint` (concurrency, timeout_s,
+    max_retries, backoff_s) to ``openai:`` endpoints; each is ignored by the other schemes.
+    """
     scheme, target = split_model_spec(spec)
     if scheme == "openai":
         from medfuse.eval.models.openai_compat import OpenAICompatibleModel
 
-        return OpenAICompatibleModel(target, model_name=model_name, concurrency=concurrency, timeout_s=timeout_s,
-                                     max_retries=max_retries, backoff_s=backoff_s)
+        return OpenAICompatibleModel(target, model_name=model_name, **endpoint)
     if scheme == "hf":
         from medfuse.eval.models.hf import HFModel
 

@@ -1,44 +1,113 @@
-"""`medfuse:PATH`: a medfuse checkpoint folder (adapter + encoders + head, issue 4).
+"""`medfuse:PATH`: a medfuse checkpoint folder behind the eval harness's model interface.
 
-The checkpoint format and its loader belong to `medfuse.model`. This adapter calls
-`medfuse.model.load_for_eval(path)`, which must return an object with
-`generate(prompts) -> list[str]` (outputs may be `GeneratedText` carrying the disease
-head's probabilities). Until that package provides it, asking for a medfuse checkpoint is
-a clear error, never a stand-in model.
+The checkpoint format and its loader belong to `medfuse.model` (`MedFuse.load`); this
+adapter, which speaks the harness's `Prompt`s, belongs to the eval kit, which sits above
+the model layer. Two kinds of prompt are served:
+
+- A prompt whose images lie in a medfuse case folder (the `medfuse-cohort` benchmark
+  attaches the case's radiographs) is diagnosed from the whole case folder (every
+  modality, not only the text rendering): the output is
+  `<think>checked reasoning</think><answer>diseases the calibrated head calls present</answer>`
+  and carries the head's per-disease probabilities (`GeneratedText.probabilities`), so
+  diagnosis runs also get AUROC and calibration.
+- Any other prompt is answered by the language model from its text, with the prompt's
+  images (if any) encoded by the fusion model and injected at a `<cxr>` placeholder.
+
+Limitation: a `medfuse-cohort` case without images cannot be traced back to its folder
+from the prompt alone (the harness passes no item metadata to adapters), so it is
+answered from its text rendering.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from medfuse.errors import InputError, MedfuseError
-from medfuse.eval.models.base import ModelAdapter
+from medfuse.errors import InputError
+from medfuse.eval.models.base import GeneratedText, ModelAdapter
 from medfuse.eval.prompts import Prompt
+from medfuse.model import MedFuse
+from medfuse.record.case import PatientCase
+from medfuse.record.store import CASE_FILE, read_case
+
+_CJK = re.compile(r"[\u4e00-\u9fff]")
 
 
 class MedfuseCheckpointModel(ModelAdapter):
-    def __init__(self, path: str | Path):
+    """A medfuse checkpoint folder, loaded now (see the module docstring)."""
+
+    accepts_images = True
+
+    def __init__(self, path: str | Path, batch_size: int = 8):
         self.path = Path(path)
         if not self.path.exists():
             raise InputError(self.path, "no such checkpoint folder")
-        try:
-            import medfuse.model as model_package
-        except ImportError:
-            model_package = None
-        loader = getattr(model_package, "load_for_eval", None)
-        if loader is None:
-            raise MedfuseError(
-                f"medfuse:{self.path}: medfuse checkpoints need the medfuse model package "
-                "(medfuse.model.load_for_eval), which this installation does not provide yet; "
-                "evaluate an exported Hugging Face folder with --model hf:PATH instead"
-            )
-        self._model = loader(self.path)
+        self.model = MedFuse.load(self.path)
+        self.batch_size = batch_size
         from medfuse.eval.models.hf import folder_fingerprint
 
         # The cache key is computed from the folder (see `model_cache_id`), not by the model.
         self.model_id = f"medfuse:{self.path.resolve()}@{folder_fingerprint(self.path)}"
-        self.accepts_images = bool(getattr(self._model, "accepts_images", True))
 
     def generate(self, prompts: Sequence[Prompt]) -> list[str]:
-        return list(self._model.generate(list(prompts)))
+        """One output per prompt, in order."""
+        outputs: list[str] = [""] * len(prompts)
+        case_jobs: list[tuple[int, Path]] = []
+        text_jobs: list[int] = []
+        for i, p in enumerate(prompts):
+            folder = _case_folder(p.images)
+            (case_jobs.append((i, folder)) if folder is not None else text_jobs.append(i))
+        for start in range(0, len(case_jobs), self.batch_size):
+            chunk = case_jobs[start:start + self.batch_size]
+            outputs_for = self._diagnose([read_case(f) for _, f in chunk], max(prompts[i].max_new_tokens for i, _ in chunk))
+            for (i, _), text in zip(chunk, outputs_for, strict=True):
+                outputs[i] = text
+        for group in ([i for i in text_jobs if prompts[i].images], [i for i in text_jobs if not prompts[i].images]):
+            for start in range(0, len(group), self.batch_size):
+                chunk = group[start:start + self.batch_size]
+                for i, text in zip(chunk, self._answer([prompts[i] for i in chunk]), strict=True):
+                    outputs[i] = text
+        return outputs
+
+    def _diagnose(self, cases: list[PatientCase], max_new_tokens: int) -> list[GeneratedText]:
+        from medfuse.formats import format_answer
+        from medfuse.model.diagnose import diagnose_many
+
+        out = []
+        for d in diagnose_many(self.model, cases, lang="en", max_new_tokens=max_new_tokens):
+            r = d.result
+            answer = format_answer([x.name for x in r.diagnoses if x.present])
+            boxes = "".join(f"<ref>{f.label}</ref><box>[{f.box}]</box>" for f in r.findings)
+            probabilities = {x.name: x.probability for x in r.diagnoses}
+            out.append(GeneratedText(f"<think>{r.reasoning}</think>{answer}{boxes}", probabilities=probabilities))
+        return out
+
+    def _answer(self, prompts: list[Prompt]) -> list[str]:
+        """Text answers; the prompts of one call either all have images or none has."""
+        from medfuse.io.image import read_image
+
+        fused = None
+        if prompts[0].images:
+            # The first image of each prompt is encoded (the fusion model reads one radiograph).
+            cases = [PatientCase(case_id=f"prompt{i}", cxr=[read_image(p.images[0])]) for i, p in enumerate(prompts)]
+            fused = self.model.fuse(cases)
+        messages = []
+        for i, p in enumerate(prompts):
+            user = p.user
+            if fused is not None and "cxr" in fused.token_groups[i]:
+                user = f"{'图像' if _CJK.search(user) else 'Image'}: <cxr>\n\n{user}"
+            messages.append((p.system, user))
+        return self.model.generate(messages, fused, max_new_tokens=max(p.max_new_tokens for p in prompts))
+
+    def close(self) -> None:
+        """Nothing to release on CPU."""
+
+
+def _case_folder(images: Sequence[str]) -> Path | None:
+    """The case folder holding all of a prompt's images, if they come from one."""
+    folders = {Path(p).parent for p in images}
+    if len(folders) != 1:
+        return None
+    folder = folders.pop()
+    return folder if (folder / CASE_FILE).is_file() else None

@@ -26,6 +26,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from http.client import HTTPException
 from pathlib import Path
+from typing import TypedDict
 
 from medfuse.errors import MedfuseError
 from medfuse.eval.models.base import GenerationError, ModelAdapter
@@ -33,6 +34,15 @@ from medfuse.eval.prompts import Prompt
 
 RETRY_STATUS = frozenset({408, 409, 425, 429}) | frozenset(range(500, 600))
 MAX_BACKOFF_S = 60.0
+
+
+class EndpointOptions(TypedDict, total=False):
+    """How requests reach an endpoint; each key is an `OpenAICompatibleModel` argument."""
+
+    concurrency: int  # requests kept in flight
+    timeout_s: float  # per-request timeout
+    max_retries: int  # retries on 429 / 5xx / timeouts
+    backoff_s: float  # first retry delay, doubled each retry
 
 
 class _Retryable(Exception):
