@@ -61,7 +61,7 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
 
     from medfuse.interpret.case import interpret_case
-    from medfuse.model.diagnose import diagnose_many
+    from medfuse.model.diagnosis import diagnose_many
     from medfuse.model import MedFuse
 
     hf_logging.disable_progress_bar()

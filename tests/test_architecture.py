@@ -22,3 +22,15 @@ def test_import_contracts_hold():
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert "2 kept, 0 broken" in run.stdout
+
+
+def test_documented_model_exports_are_what_they_say():
+    # `from medfuse.model import diagnose` once returned the submodule of that name (a
+    # submodule attribute shadows the package's lazy exports), so the documented call failed.
+    import medfuse.model as model_pkg
+    from medfuse.model import diagnose, diagnose_many
+
+    for name in model_pkg.__all__:
+        value = getattr(model_pkg, name)
+        assert not isinstance(value, type(model_pkg)), f"medfuse.model.{name} is a module, not the export"
+    assert callable(diagnose) and callable(diagnose_many)

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from medfuse.html_summary import render_html_summary, write_html_summary
-from medfuse.model.diagnose import (
+from medfuse.model.diagnosis import (
     DiagnoseResult,
     Diagnosed,
     DiagnosisEntry,
@@ -239,7 +239,7 @@ def test_real_diagnose_output_renders():
     import torch
 
     from medfuse.model.config import ModelConfig
-    from medfuse.model.diagnose import diagnose_many
+    from medfuse.model.diagnosis import diagnose_many
     from medfuse.model import MedFuse
     from medfuse.record.case import MODALITIES
 

@@ -15,7 +15,7 @@ from medfuse.cli import main
 from medfuse.errors import InputError
 from medfuse.eval.prompts import Prompt
 from medfuse.model.config import ModelConfig
-from medfuse.model.diagnose import DiagnoseResult, diagnose, diagnose_many, insufficient_diseases
+from medfuse.model.diagnosis import DiagnoseResult, diagnose, diagnose_many, insufficient_diseases
 from medfuse.model import CHECKPOINT_FILES, MedFuse
 from medfuse.record.case import MODALITIES, LabResult, PatientCase
 from medfuse.record.store import read_case, write_case, write_index
@@ -219,10 +219,10 @@ def test_cli_init_diagnose_json_and_batch(tmp_path, capsys, case, monkeypatch):
 
 
 def test_cli_without_a_checkpoint_is_one_line(tmp_path, capsys, monkeypatch):
-    from medfuse.cli import diagnose_cmd
+    from medfuse.model import locate
 
     monkeypatch.delenv("MEDFUSE_MODEL", raising=False)
-    monkeypatch.setattr(diagnose_cmd, "shipped_checkpoint", lambda: tmp_path / "not-installed")
+    monkeypatch.setattr(locate, "shipped_checkpoint", lambda: tmp_path / "not-installed")
     write_case(labs_only(), tmp_path / "c")
     assert main(["diagnose", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err.strip()
@@ -233,13 +233,13 @@ def test_cli_without_a_checkpoint_is_one_line(tmp_path, capsys, monkeypatch):
 
 # ------------------------------------------------------------------ eval adapter
 
-def test_load_for_eval_serves_cohort_cases_and_text_prompts(checkpoint, tmp_path, case):
-    import medfuse.model
+def test_medfuse_eval_adapter_serves_cohort_cases_and_text_prompts(checkpoint, tmp_path, case):
+    from medfuse.eval.models import create_model
     from medfuse.formats import has_valid_format, parse_answer_set
 
     folder = tmp_path / case.case_id
     write_case(case, folder)
-    adapter = medfuse.model.load_for_eval(checkpoint)
+    adapter = create_model(f"medfuse:{checkpoint}")
     images = tuple(str(folder / img.file) for img in read_case(folder, load_bulk=False).cxr)
     outputs = adapter.generate([
         Prompt(system="s", user="Which of the candidate diseases?", images=images, max_new_tokens=8),

@@ -74,7 +74,7 @@ def test_config_checks_finding_settings():
 
 
 def test_diagnose_reports_the_trained_heads_boxes_over_generated_ones(monkeypatch):
-    from medfuse.model.diagnose import diagnose_many
+    from medfuse.model.diagnosis import diagnose_many
     from medfuse.model import MedFuse
     from test_record import full_case
 

@@ -17,7 +17,7 @@ from medfuse.errors import InputError, MedfuseError
 from medfuse.formats import has_valid_format, parse_answer_set, parse_boxes
 from medfuse.interpret.case import interpret_case
 from medfuse.knowledge.panel import load_panel
-from medfuse.model.diagnose import build_prompt
+from medfuse.model.diagnosis import build_prompt
 from medfuse.record.case import Diagnosis, LabResult, Labels, PatientCase, VitalSigns
 from medfuse.record.store import read_case
 from medfuse.synth.cohort import SynthConfig, synth_cohort

@@ -117,7 +117,7 @@ def run_demo(out: Path, n_synth: int = 24, seed: int = 7, model_path: Path | Non
 
     from medfuse.html_summary import write_html_summary
     from medfuse.model import MedFuse
-    from medfuse.model.diagnose import diagnose_many, format_result, iter_batches
+    from medfuse.model.diagnosis import diagnose_many, format_result, iter_batches
     from medfuse.model.locate import quiet_transformers, resolve_checkpoint
 
     quiet_transformers()

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
     from medfuse.knowledge.panel import Panel
-    from medfuse.model.diagnose import Diagnosed
+    from medfuse.model.diagnosis import Diagnosed
 
 __all__ = ["render_html_summary", "write_html_summary"]
 

@@ -37,7 +37,7 @@ def diagnose_cmd(
     checkpoint = resolve_checkpoint(model)
 
     from medfuse.model import MedFuse
-    from medfuse.model.diagnose import diagnose_many, diagnose_to_jsonl, format_result, iter_batches
+    from medfuse.model.diagnosis import diagnose_many, diagnose_to_jsonl, format_result, iter_batches
 
     quiet_transformers()
     loaded = MedFuse.load(checkpoint)

@@ -2,7 +2,7 @@
 LLM with LoRA, calibrated disease head, the assembled `MedFuse` and `diagnose`.
 
 Imports are lazy (PEP 562): `import medfuse.model` costs nothing until a name is used, so
-the CLI and the eval harness can probe for `load_for_eval` without loading torch models.
+the CLI and the eval kit can import it without loading torch models.
 
     from medfuse.model import MedFuse, diagnose
     model = MedFuse.load("checkpoints/medfuse-v1")
@@ -15,14 +15,13 @@ from importlib import import_module
 from typing import Any
 
 _EXPORTS = {
-    "MedFuse": "medfuse.model.medfuse",
-    "FusedBatch": "medfuse.model.medfuse",
-    "CHECKPOINT_FILES": "medfuse.model.medfuse",
-    "DiagnoseResult": "medfuse.model.diagnose",
-    "diagnose": "medfuse.model.diagnose",
-    "diagnose_many": "medfuse.model.diagnose",
+    "MedFuse": "medfuse.model.assembly",
+    "FusedBatch": "medfuse.model.assembly",
+    "CHECKPOINT_FILES": "medfuse.model.checkpoint",
+    "DiagnoseResult": "medfuse.model.diagnosis",
+    "diagnose": "medfuse.model.diagnosis",
+    "diagnose_many": "medfuse.model.diagnosis",
     "check_reasoning": "medfuse.model.faithfulness",
-    "load_for_eval": "medfuse.model.eval_adapter",
     "ModelConfig": "medfuse.model.config",
 }
 

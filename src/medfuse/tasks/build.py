@@ -459,14 +459,14 @@ def _token_groups(case: PatientCase) -> list[str]:
 def _diagnose_task_text(lang: str) -> str | None:
     """The task paragraph of the diagnose prompt, which the prompt variants replace."""
     try:
-        from medfuse.model.diagnose import _TEXT  # the inference prompt's own text: one source of truth
+        from medfuse.model.diagnosis import _TEXT  # the inference prompt's own text: one source of truth
     except ImportError:  # pragma: no cover - the diagnose module renamed it; variants are skipped
         return None
     return _TEXT.get(lang, {}).get("task")
 
 
 def _diagnosis_prompt(ctx: _Case, lang: str, rng: random.Random) -> tuple[str, str]:
-    from medfuse.model.diagnose import build_prompt
+    from medfuse.model.diagnosis import build_prompt
 
     # The labelled findings stand in for the finding head's (teacher forcing): at inference
     # `diagnose` puts the trained head's findings on the same line.

@@ -56,7 +56,7 @@ def synthetic_origin(cohort: Path) -> dict[str, int] | None:
 
 def _head_predictions(model, cases: list[PatientCase], batch_size: int) -> tuple[np.ndarray, np.ndarray, list]:
     """(probabilities (n, D), predictions (n, D), findings per case) from fusion passes."""
-    from medfuse.model.diagnose import insufficient_diseases
+    from medfuse.model.diagnosis import insufficient_diseases
 
     probs, preds, findings = [], [], []
     keys = model.panel.keys

@@ -72,7 +72,7 @@ class MedfuseCheckpointModel(ModelAdapter):
 
     def _diagnose(self, cases: list[PatientCase], max_new_tokens: int) -> list[GeneratedText]:
         from medfuse.formats import format_answer
-        from medfuse.model.diagnose import diagnose_many
+        from medfuse.model.diagnosis import diagnose_many
 
         out = []
         for d in diagnose_many(self.model, cases, lang="en", max_new_tokens=max_new_tokens):
