@@ -7,19 +7,14 @@ import json
 import re
 
 import pytest
+import torch
 from eval_stub_server import StubServer, write_medqa
 
-# The metrics and parsers come from the eval kit's metric modules; without them there is
-# nothing to score.
-pytest.importorskip("medfuse.eval.parsers")
-pytest.importorskip("medfuse.eval.metrics.multiple_choice")
-pytest.importorskip("medfuse.formats")
-
-from medfuse.cli import main  # noqa: E402
-from medfuse.errors import MedfuseError  # noqa: E402
-from medfuse.eval.harness import EvalConfig, rescore, run_eval  # noqa: E402
-from medfuse.eval.models.openai_compat import OpenAICompatibleModel  # noqa: E402
-from medfuse.eval.report import write_report  # noqa: E402
+from medfuse.cli import main
+from medfuse.errors import InputError, MedfuseError
+from medfuse.eval.harness import EvalConfig, rescore, run_eval
+from medfuse.eval.models.openai_compat import OpenAICompatibleModel
+from medfuse.eval.report import write_report
 
 
 def answer_a_or_refuse(text: str) -> str:
@@ -78,12 +73,45 @@ def test_failed_requests_are_errors_and_retried_on_resume(tmp_path):
         model = OpenAICompatibleModel(server.url, model_name="stub", concurrency=2, max_retries=1, backoff_s=0.01)
         s = run_eval(cfg, model=model)
         assert s["n_errors"] == 1 and server.requests == 7  # 5 answers + 2 attempts for item 4
-        assert "gave up after 2 attempts (HTTP 500" in s["errors"][0]
+        [(cause, count)] = s["error_causes"].items()
+        assert "gave up after 2 attempts (HTTP 500" in cause and count == 1
         assert s["metrics"]["accuracy"] == 0.0  # item 4, the only one 'A' gets right, failed: counted wrong
+        assert s["score_valid"] and s["error_share"] == pytest.approx(1 / 6)
+        assert s["answered"] == {"n": 5, "metrics": {"accuracy": 0.0, "abstention_rate": pytest.approx(2 / 5)}}  # items 0 and 5 refused
         server.fail_always.clear()
         s = run_eval(cfg, model=model)
         assert s["n_errors"] == 0 and s["n_generated"] == 1 and server.requests == 8
         assert s["metrics"]["accuracy"] == pytest.approx(1 / 6)
+        assert "answered" not in s and s["error_causes"] == {}
+
+
+def test_a_run_where_most_requests_fail_has_no_score_and_exits_non_zero(tmp_path, capsys):
+    data = tmp_path / "test.jsonl"
+    write_medqa(data, 6)
+    out = tmp_path / "run"
+    args = ["eval", "run", "--model", "", "--model-name", "stub", "--benchmark", "medqa", "--data", str(data),
+            "--out", str(out), "--quiet", "--max-retries", "0"]
+    with StubServer(answer_a_or_refuse, fail_always={"Question number"}) as server:
+        args[3] = f"openai:{server.url}"
+        rc = main(args)
+    captured = capsys.readouterr()
+    assert rc != 0
+    err = captured.err.strip().splitlines()
+    # The causes, counted, one line each, then the one-line error; no record contents.
+    assert err[0] == "6 of 6 request(s) failed:"
+    assert err[1].startswith("  6 x ") and "HTTP 500" in err[1]
+    assert err[-1].startswith(f"medfuse: error: {out}: 6 of 6 requests failed (100%, above --max-error-share 0.5)")
+    assert len(err) == 3 and "Question number" not in captured.err and "Traceback" not in captured.err
+    assert "accuracy" not in captured.out  # no score table for a run that did not answer
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["score_valid"] is False and summary["metrics"] == {"accuracy": None, "abstention_rate": None}
+    assert summary["ci95"] == {} and summary["error_causes"] == {next(iter(summary["error_causes"])): 6}
+    # The threshold is a flag: allowing every request to fail scores them all as wrong.
+    assert main(["eval", "rescore", str(out), "--max-error-share", "1", "--json"]) == 0
+    rescored = json.loads(capsys.readouterr().out)
+    assert rescored["score_valid"] is True and rescored["metrics"]["accuracy"] == 0.0
+    assert main(["eval", "rescore", str(out), "--max-error-share", "2"]) == 2
+    assert capsys.readouterr().err.strip() == "medfuse: error: --max-error-share must lie in [0, 1], got 2.0"
 
 
 def test_folder_holds_one_model(tmp_path):
@@ -141,7 +169,6 @@ def test_diagnosis_run_and_report(tmp_path, fixtures):
 
 
 def test_tiny_hf_causal_lm_end_to_end(tmp_path, fixtures):
-    torch = pytest.importorskip("torch")
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -169,7 +196,9 @@ def test_tiny_hf_causal_lm_end_to_end(tmp_path, fixtures):
         assert isinstance(row["raw_output"], str)
         assert set(row["raw_output"].split()) <= set(vocab)  # decoded from the tiny vocabulary
         assert row["parsed"] in (None, *"ABCDE")
-    assert 0.0 <= s["metrics"]["accuracy"] <= 1.0
+        assert row["score"] == {"correct": row["parsed"] == row["gold"]}
+    # The run's accuracy is exactly the share of its parsed answers that equal the gold.
+    assert s["metrics"]["accuracy"] == sum(r["parsed"] == r["gold"] for r in rows) / 2
     again = run_eval(cfg)  # fully cached: the model is not loaded again
     assert again["n_cached"] == 2 and again["n_generated"] == 0
 
@@ -181,3 +210,29 @@ def test_create_model_passes_endpoint_options_to_openai_models():
     model = create_model("openai:http://127.0.0.1:9/v1", model_name="stub", concurrency=3, backoff_s=0.5, batch_size=2)
     assert (model.concurrency, model.backoff_s, model.max_retries, model.timeout_s) == (3, 0.5, 5, 120.0)
     assert model.model_id == "openai:http://127.0.0.1:9/v1#stub"
+
+
+def test_report_out_must_be_a_writable_folder(tmp_path, capsys):
+    data = tmp_path / "test.jsonl"
+    write_medqa(data, 2)
+    with StubServer(answer_a_or_refuse) as server:
+        run_eval(EvalConfig(model=f"openai:{server.url}", model_name="stub", benchmark="medqa", data=data,
+                            out=tmp_path / "run", progress=False, n_resamples=20))
+    a_file = tmp_path / "report.md"
+    a_file.write_text("keep me")
+    assert main(["eval", "report", str(tmp_path / "run"), "--out", str(a_file)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"medfuse: error: {a_file}: exists and is not a folder")
+    assert a_file.read_text() == "keep me"
+    with pytest.raises(InputError, match="cannot create the report folder"):
+        write_report([tmp_path / "run"], a_file / "sub")
+
+
+def test_deeply_nested_run_files_give_one_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text("[" * 100_000 + "]" * 100_000)
+    (out / "items.jsonl").write_text("{}\n")
+    assert main(["eval", "rescore", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"medfuse: error: {out / 'run.json'}: invalid JSON (nested too deeply)\n"

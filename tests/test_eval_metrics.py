@@ -221,13 +221,53 @@ def test_grounding_metrics_definitions() -> None:
         [[10, 10, 20, 20]],  # a prediction where there is nothing to find
     ]
     m = grounding_metrics(preds, gold)
-    assert (m["n_gold"], m["n_pred"], m["n_matched"]) == (3, 4, 2)
+    assert (m["n_gold"], m["n_pred"], m["n_matched"], m["n_slots"]) == (3, 4, 2, 2 + 1 + 1)
     assert m["precision"] == pytest.approx(2 / 4) and m["recall"] == pytest.approx(2 / 3)
     assert m["f1"] == pytest.approx(2 * 0.5 * (2 / 3) / (0.5 + 2 / 3))
-    assert m["acc_iou_0.25"] == pytest.approx(2 / 3) and m["acc_iou_0.75"] == pytest.approx(1 / 3)
-    assert m["mean_iou"] == pytest.approx((1.0 + 0.0 + 2 / 3) / 3)  # the second gold box has no overlapping prediction
+    # Slots: one per gold box plus one per surplus prediction (the box on the empty image).
+    assert m["acc_iou_0.25"] == pytest.approx(2 / 4) and m["acc_iou_0.75"] == pytest.approx(1 / 4)
+    assert m["mean_iou"] == pytest.approx((1.0 + 0.0 + 2 / 3 + 0.0) / 4)
     empty = grounding_metrics([[]], [[]])
     assert empty["precision"] == 0.0 and empty["n_gold"] == 0
+
+
+def test_surplus_boxes_cannot_score_acc_iou() -> None:
+    gold = [[[0, 0, 20, 20]]]
+    grid = [[x, y, x + 20, y + 20] for x in range(0, 940, 20) for y in range(0, 960, 20)]  # 2,256 boxes
+    m = grounding_metrics([grid], gold)
+    assert len(grid) == 2256 and m["recall"] == 1.0  # the gold box is among them ...
+    assert m["acc_iou_0.5"] == pytest.approx(1 / 2256) and m["mean_iou"] == pytest.approx(1 / 2256)  # ... but
+    assert m["precision"] == pytest.approx(1 / 2256) and m["f1"] == pytest.approx(2 / 2257)
+    # Predictions dominated by surplus boxes (more than twice the gold count) stay below 0.5.
+    assert grounding_metrics([[[0, 0, 20, 20], [50, 50, 60, 60], [70, 70, 80, 80]]], gold)["acc_iou_0.5"] == pytest.approx(1 / 3)
+    # A box given for another label (counted by the caller) is a prediction that matches nothing.
+    counts = grounding.grounding_counts([[0, 0, 20, 20]], gold[0], unmatched_extra=1)
+    assert grounding.pool_grounding_counts([counts])["precision"] == 0.5
+
+
+def test_macro_f1_leaves_out_classes_with_nothing_to_score() -> None:
+    y = np.array([[1, 0, 0], [0, 0, 0], [1, 0, 0]])  # classes 1 and 2: no gold, no prediction
+    m = multilabel_metrics(y, y, names=["af", "htn", "dm"])
+    assert m["macro_f1"] == 1.0 and m["macro_precision"] == 1.0 and m["macro_recall"] == 1.0
+    assert m["f1_excluded"] == ["htn", "dm"] and any("htn, dm" in note for note in m["notes"])
+    assert math.isnan(m["per_class"]["htn"]["f1"]) and m["per_class"]["af"]["f1"] == 1.0
+    assert classification.macro_f1(y, y) == 1.0
+    # A class predicted but never gold (or gold but never predicted) is scored: F1 0.
+    wrong = y.copy()
+    wrong[1, 1] = 1
+    assert multilabel_metrics(y, wrong)["macro_f1"] == pytest.approx((1.0 + 0.0) / 2)
+    assert math.isnan(classification.macro_f1(np.zeros((2, 3)), np.zeros((2, 3))))
+
+
+def test_per_class_ece_beside_pooled_ece() -> None:
+    y = np.array([[1, 0], [0, 0], [1, 0], [0, 1]])
+    prob = np.array([[0.9, 0.05], [0.1, 0.95], [0.9, 0.05], [0.1, 0.95]])  # class 1 is badly calibrated
+    m = multilabel_metrics(y, (prob >= 0.5).astype(int), prob, names=["good", "bad"])
+    assert m["per_class"]["good"]["ece"] == pytest.approx(0.1)  # |1 - 0.9| and |0 - 0.1|, two bins of 2
+    # class 1: bin of 0.05 (2 cases, rate 0, gap 0.05) and bin of 0.95 (2 cases, rate 0.5, gap 0.45)
+    assert m["per_class"]["bad"]["ece"] == pytest.approx(0.5 * 0.05 + 0.5 * 0.45)
+    # pooled over the 8 entries: bins [0, 0.1] (4, mean 0.075, rate 0), (0.8, 0.9] (2, 0.9, 1), (0.9, 1] (2, 0.95, 0.5)
+    assert m["ece"] == pytest.approx(0.5 * 0.075 + 0.25 * 0.1 + 0.25 * 0.45)
 
 
 # ---------------------------------------------------------------- report text: BLEU, ROUGE-L, CIDEr

@@ -73,6 +73,15 @@ CHOICE_TABLE: list[tuple[str, dict[str, str], str | None]] = [
     ("\\boxed{A} or maybe \\boxed{B}", OPTS, None),
     ("The answer is A. On reflection, the answer is B.", OPTS, None),
     ("The answer is C. Doxycycline", OPTS, None),  # letter and option text disagree
+    # options named with conflicting polarity: the option read is called wrong, or another right
+    ("D) Azithromycin is wrong, C) Ceftriaxone is right", OPTS, None),
+    ("D) X is wrong, C) Y is right", OPTS, None),
+    ("B. Doxycycline is incorrect here.", OPTS, None),
+    ("The answer is D. Option D is not correct.", OPTS, None),
+    ("C\nB is the best choice for atypicals.", OPTS, None),
+    # ... while one option called wrong and another stated right reads the right one
+    ("D is wrong, C is right", OPTS, "C"),
+    ("Option D is incorrect; option C is correct.", OPTS, "C"),
     # refusals abstain
     ("I cannot provide medical advice. Please consult a doctor.", OPTS, None),
     ("I'm sorry, but as an AI I can't choose an option for a clinical decision.", OPTS, None),

@@ -54,6 +54,12 @@ def test_the_shipped_checkpoint_reproduces_its_model_card(card, tmp_path):
     full, sub = ev["diagnosis"], again["diagnosis"]
     assert sub["jaccard"] == pytest.approx(full["jaccard"], abs=0.06)
     assert sub["micro_f1"] == pytest.approx(full["micro_f1"], abs=0.06)
+    # Macro-F1 averages nine per-disease F1s (lung cancer: ~21 positives in 200): its
+    # bootstrap SD at n = 200 is 0.016 (measured 0.816 vs the card's 0.823), so 0.05 is
+    # about three SDs.
+    assert sub["macro_f1"] is not None and full["macro_f1"] is not None
+    assert sub["macro_f1"] == pytest.approx(full["macro_f1"], abs=0.05)
     assert sub["macro_auroc"] == pytest.approx(full["macro_auroc"], abs=0.04)
     if ev.get("grounding"):
-        assert again["grounding"]["acc_iou_0.5"] == pytest.approx(ev["grounding"]["acc_iou_0.5"], abs=0.1)
+        # F1 (Hungarian, IoU 0.5): the grounding headline, whose definition Acc@IoU's surplus-box rule left as it was
+        assert again["grounding"]["f1"] == pytest.approx(ev["grounding"]["f1"], abs=0.1)

@@ -71,6 +71,7 @@ def cohort_scores(model, cases, results) -> dict:
             golds.append([b for f in case.labels.findings if f.label == label for b in f.boxes])
     if any(golds):
         g = grounding_metrics(preds, golds)
+        scores["grounding_f1"] = g["f1"]  # the headline: missed boxes and surplus boxes both lower it
         scores["grounding_acc_iou_0.5"] = g["acc_iou_0.5"]
         scores["grounding_mean_iou"] = g["mean_iou"]
     return scores
@@ -98,7 +99,7 @@ def run_demo(out: Path, n_synth: int = 24, seed: int = 7, model_path: Path | Non
     from medfuse.synth.cohort import SynthConfig, synth_cohort
 
     synth_dir = out / "synth_cohort"
-    synth_cohort(n=n_synth, seed=seed, out=synth_dir, config=SynthConfig(), workers=1, progress=False)
+    synth_cohort(n=n_synth, seed=seed, out=synth_dir, config=SynthConfig(), workers=1, progress=False, overwrite=True)
     cases = list(iter_cohort(synth_dir))
     # the richest case makes the best illustration
     case = max(cases, key=lambda c: (len(c.modalities()), len(c.labels.disease_names()) if c.labels else 0, c.case_id))

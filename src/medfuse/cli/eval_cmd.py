@@ -12,11 +12,17 @@ from __future__ import annotations
 
 import inspect
 import json
+import sys
 from pathlib import Path
 
 import typer
 
 from medfuse.errors import MedfuseError
+
+MAX_ERROR_SHARE_HELP = (
+    "When more than this share (0-1) of requests failed, report no score and exit non-zero, after listing the "
+    "error causes. Below it, failed requests are scored as wrong and the score over answered items is shown beside."
+)
 
 eval_app = typer.Typer(
     help="Evaluate a model on medical benchmarks (`eval run`, or `eval --model ...` directly), rescore, report.",
@@ -41,10 +47,12 @@ def run(
     judge: str | None = typer.Option(None, "--judge", help="OpenAI-compatible base URL of an LLM judge for open answers (reported beside rule-based scores)."),
     judge_model: str | None = typer.Option(None, "--judge-model", help="The judge's model name."),
     resamples: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the 95 % CIs."),
+    max_error_share: float = typer.Option(0.5, "--max-error-share", help=MAX_ERROR_SHARE_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     as_json: bool = typer.Option(False, "--json", help="Print summary.json instead of a table."),
 ) -> None:
     """Evaluate MODEL on BENCHMARK; rerunning resumes and reuses every cached output."""
+    from medfuse.cli.output_paths import check_output_apart
     from medfuse.eval.harness import EvalConfig, run_eval
 
     missing = [flag for flag, v in (("--model", model), ("--benchmark", benchmark), ("--data", data), ("--out", out)) if v is None]
@@ -52,40 +60,68 @@ def run(
         raise MedfuseError(f"eval run needs {', '.join(missing)} (see `medfuse eval run --help`)")
     if lang is not None and lang not in ("en", "zh"):
         raise MedfuseError(f"--lang must be en or zh, got '{lang}'")
+    check_output_apart(out, [data])  # a run folder among the benchmark files would be read as one
     cfg = EvalConfig(
         model=model, benchmark=benchmark, data=data, out=out, split=split, lang=lang, limit=limit,
         model_name=model_name, concurrency=concurrency, timeout_s=timeout, max_retries=max_retries,
         batch_size=batch_size, max_new_tokens=max_new_tokens, judge=judge, judge_model=judge_model,
-        n_resamples=resamples, progress=not quiet,
+        n_resamples=resamples, progress=not quiet, max_error_share=max_error_share,
     )
     summary = run_eval(cfg)
     _print_summary(summary, out, as_json)
 
 
 def _print_summary(summary: dict, out: Path, as_json: bool) -> None:
+    """Print a run's summary; raises MedfuseError (non-zero exit) when it has no valid score."""
     if as_json:
         print(json.dumps(summary, ensure_ascii=False))
-        return
+    else:
+        _print_table(summary, out)
+    _check_failures(summary, out)
+
+
+def _check_failures(summary: dict, out: Path) -> None:
+    """List the causes of failed requests on stderr, one line each with its count (causes
+    are the adapters' messages: status, timeout, exception class, never record contents),
+    and fail when the run has too many to be scored."""
+    n_errors, n_items = summary.get("n_errors") or 0, summary.get("n_items") or 0
+    if n_errors:
+        print(f"{n_errors} of {n_items} request(s) failed:", file=sys.stderr)
+        for cause, count in (summary.get("error_causes") or {"cause not recorded": n_errors}).items():
+            print(f"  {count} x {cause}", file=sys.stderr)
+    if summary.get("score_valid") is False:
+        raise MedfuseError(
+            f"{out}: {n_errors} of {n_items} requests failed ({summary['error_share']:.0%}, above --max-error-share "
+            f"{summary['max_error_share']:g}); no score is reported. Fix the cause and rerun: answered items are cached"
+        )
+
+
+def _print_table(summary: dict, out: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
-    t = Table(title=f"{summary['benchmark']} - {summary['model']}", title_justify="left")
-    t.add_column("metric")
-    t.add_column("value", justify="right")
-    t.add_column("95 % CI", justify="right")
-    for name in summary["headline"]:
-        ci = summary["ci95"].get(name)
-        t.add_row(name, f"{summary['metrics'][name]:.4f}", f"{ci[0]:.4f}-{ci[1]:.4f}" if ci else "")
-    if summary.get("judged"):
-        j = summary["judged"]
-        if j.get("open_accuracy") is not None:
-            t.add_row("open_accuracy (LLM judge)", f"{j['open_accuracy']:.4f}", "")
-    console.print(t)
+    if summary.get("score_valid") is not False:
+        t = Table(title=f"{summary['benchmark']} - {summary['model']}", title_justify="left")
+        t.add_column("metric")
+        t.add_column("value", justify="right")
+        t.add_column("95 % CI", justify="right")
+        for name in summary["headline"]:
+            value, ci = summary["metrics"].get(name), summary["ci95"].get(name)
+            t.add_row(name, "-" if value is None else f"{value:.4f}", f"{ci[0]:.4f}-{ci[1]:.4f}" if ci else "")
+        if summary.get("judged"):
+            j = summary["judged"]
+            if j.get("open_accuracy") is not None:
+                t.add_row("open_accuracy (LLM judge)", f"{j['open_accuracy']:.4f}", "")
+        console.print(t)
     console.print(
         f"{summary['n_items']} item(s): {summary['n_cached']} cached, {summary['n_generated']} generated, "
         f"{summary['n_errors']} failed; results in {out}"
     )
+    answered = summary.get("answered")
+    if answered and summary.get("score_valid") is not False:
+        scores = ", ".join(f"{k} {answered['metrics'][k]:.4f}" for k in summary["headline"] if answered["metrics"].get(k) is not None)
+        console.print(f"failed requests are scored as wrong above; over the {answered['n']} answered item(s): {scores}")
     if summary.get("skipped"):
         console.print("skipped while loading: " + ", ".join(f"{k} ({v})" for k, v in summary["skipped"].items()))
     if summary.get("images_ignored"):
@@ -117,12 +153,13 @@ eval_app.callback()(_main)
 def rescore_cmd(
     run_dir: Path = typer.Argument(..., help="A run folder written by `medfuse eval run`."),
     resamples: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the 95 % CIs."),
+    max_error_share: float = typer.Option(0.5, "--max-error-share", help=MAX_ERROR_SHARE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print summary.json instead of a table."),
 ) -> None:
     """Re-parse and re-score a run with the current parsers and metrics (no model calls)."""
     from medfuse.eval.harness import rescore
 
-    _print_summary(rescore(run_dir, n_resamples=resamples), run_dir, as_json)
+    _print_summary(rescore(run_dir, n_resamples=resamples, max_error_share=max_error_share), run_dir, as_json)
 
 
 @eval_app.command("report")

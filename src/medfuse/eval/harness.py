@@ -10,6 +10,12 @@ Output folder of a run (one model on one benchmark):
   answer, per-item scores, judge verdict if any;
 - `summary.json`: headline metrics with bootstrap 95 % CIs, details, breakdowns, counts.
 
+Failed requests: each is scored as a wrong answer (never as a model answer that happens
+to score), counted in `n_errors` and by cause in `error_causes`; when some but not all
+failed, `answered` holds the metrics over the answered items alone. When the share of
+failed requests exceeds `max_error_share` the run has no score: `score_valid` is false,
+every metric is null, and the CLI exits non-zero after printing the causes.
+
 Rerunning the same command resumes: cached outputs are reused and only missing items
 (never answered, or failed) call the model; when every output is cached the model is not
 even loaded. Scoring always runs on the current parsers and metrics, so a metric change
@@ -27,6 +33,7 @@ from pathlib import Path
 
 from medfuse.errors import InputError, MedfuseError
 from medfuse.eval.benchmarks import EvalItem, get_benchmark
+from medfuse.eval.benchmarks.base import iter_jsonl, read_json
 from medfuse.eval.cache import OutputCache
 from medfuse.eval.prompts import PROMPT_VERSION, Prompt, build_prompt
 
@@ -55,6 +62,7 @@ class EvalConfig:
     judge: str | None = None  # openai-compatible base URL of an LLM judge for open answers
     judge_model: str | None = None  # the judge's model name
     n_resamples: int = 1000  # bootstrap resamples for the 95 % CIs
+    max_error_share: float = 0.5  # above this share of failed requests the run has no score
     progress: bool = True  # progress bar on stderr
     extra: dict = field(default_factory=dict)  # recorded in run.json as given
 
@@ -69,10 +77,27 @@ def _read_run(out: Path) -> dict | None:
     path = out / RUN_FILE
     if not path.is_file():
         return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise InputError(path, "invalid JSON; not a medfuse eval run folder") from None
+    run = read_json(path)
+    if not isinstance(run, dict):
+        raise InputError(path, "not a medfuse eval run file (expected a JSON object)")
+    return run
+
+
+def _check_max_error_share(value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise MedfuseError(f"--max-error-share must lie in [0, 1], got {value}")
+
+
+def one_line(message: str, limit: int = 300) -> str:
+    """An error cause as one short line (causes are printed one per line)."""
+    return " ".join(str(message).split())[:limit]
+
+
+def count_causes(messages) -> dict[str, int]:
+    """{cause: number of requests that failed with it}, most frequent first."""
+    from collections import Counter
+
+    return dict(Counter(one_line(m) for m in messages).most_common())
 
 
 def run_eval(cfg: EvalConfig, model=None, judge=None) -> dict:
@@ -83,6 +108,7 @@ def run_eval(cfg: EvalConfig, model=None, judge=None) -> dict:
     """
     from medfuse.eval.models import create_model, model_cache_id
 
+    _check_max_error_share(cfg.max_error_share)
     bench = get_benchmark(cfg.benchmark)
     items = bench.load(cfg.data, split=cfg.split, lang=cfg.lang, limit=cfg.limit)
     if not items:
@@ -151,11 +177,11 @@ def run_eval(cfg: EvalConfig, model=None, judge=None) -> dict:
         "n_cached": n_cached,
         "n_generated": len(missing) - len(errors),
         "n_errors": sum(h in errors for h in hashes),
-        "errors": sorted({e for e in errors.values()})[:10],
+        "error_causes": count_causes(errors[h] for h in hashes if h in errors),
         "skipped": dict(bench.skipped),
     }
     return write_results(out, run_info, items, prompts, hashes, outputs, probabilities, judged, counts, cfg.n_resamples,
-                         extra=cfg.extra)
+                         extra=cfg.extra, max_error_share=cfg.max_error_share)
 
 
 def _generate_into_cache(model, prompts: list[Prompt], hashes: list[str], cache: OutputCache, model_id: str,
@@ -212,8 +238,12 @@ def _judge_open_answers(cfg: EvalConfig, items, outputs, cache: OutputCache, jud
 
 def write_results(out: Path, run_info: dict, items: list[EvalItem], prompts: list[Prompt] | list[dict], hashes: list[str],
                   outputs: list[str | None], probabilities: list[dict | None], judged: dict | None, counts: dict,
-                  n_resamples: int = 1000, extra: dict | None = None) -> dict:
-    """Score and write items.jsonl + summary.json (atomically); returns the summary."""
+                  n_resamples: int = 1000, extra: dict | None = None, max_error_share: float = 0.5) -> dict:
+    """Score and write items.jsonl + summary.json (atomically); returns the summary.
+
+    A run whose share of failed requests exceeds `max_error_share` gets `score_valid`
+    false and null metrics (see the module docstring).
+    """
     import numpy as np
 
     from medfuse.eval.scoring import score_run
@@ -250,9 +280,18 @@ def write_results(out: Path, run_info: dict, items: list[EvalItem], prompts: lis
         "split": run_info.get("split"),
         "lang": run_info.get("lang"),
         "n_items": len(items),
-        **{k: counts.get(k) for k in ("n_cached", "n_generated", "n_errors", "errors", "skipped")},
+        **{k: counts.get(k) for k in ("n_cached", "n_generated", "n_errors", "error_causes", "skipped")},
         "images_ignored": (sum(bool(it.images) for it in items) if run_info.get("accepts_images") is False else 0),
         **block,
+    }
+    n_failed = summary.pop("n_failed")  # the same count as n_errors, kept once
+    error_share = n_failed / len(items) if items else 0.0
+    summary.update(error_share=error_share, max_error_share=max_error_share, score_valid=error_share <= max_error_share)
+    if not summary["score_valid"]:
+        # No number may stand for a run that mostly did not answer.
+        summary["metrics"] = dict.fromkeys(summary["metrics"])
+        summary["ci95"] = {}
+    summary |= {
         "bootstrap": {"method": "percentile", "confidence": 0.95, "n_resamples": n_resamples, "seed": 0},
         "scored_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
@@ -284,37 +323,38 @@ def _jsonable(value):
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def rescore(out: str | Path, n_resamples: int = 1000) -> dict:
+def rescore(out: str | Path, n_resamples: int = 1000, max_error_share: float = 0.5) -> dict:
     """Re-parse and re-score a finished run folder with the current parsers and metrics;
     never calls a model (the raw outputs are in items.jsonl)."""
+    _check_max_error_share(max_error_share)
     out = Path(out)
     run_info = _read_run(out)
     items_path = out / ITEMS_FILE
     if run_info is None or not items_path.is_file():
         raise InputError(out, "not a finished eval run (no run.json / items.jsonl); rerun `medfuse eval run`, which reuses the cache")
     items, prompts, hashes, outputs, probabilities, verdicts = [], [], [], [], [], {}
+    lineno = 0
     try:
-        with open(items_path, encoding="utf-8") as f:
-            for i, line in enumerate(f):
-                if not line.strip():
-                    continue
-                row = json.loads(line)
-                items.append(EvalItem.model_validate(row["item"]))
-                prompts.append(row["prompt"])
-                hashes.append(row["prompt_hash"])
-                outputs.append(row["raw_output"])
-                probabilities.append(row.get("probabilities"))
-                if "judge" in row:
-                    verdicts[len(items) - 1] = row["judge"]
-    except (json.JSONDecodeError, KeyError, ValueError) as e:
-        raise InputError(items_path, f"not a medfuse items file ({e.__class__.__name__} at line {i + 1})") from None
-    old = json.loads((out / SUMMARY_FILE).read_text(encoding="utf-8")) if (out / SUMMARY_FILE).is_file() else {}
+        for lineno, row in iter_jsonl(items_path):
+            items.append(EvalItem.model_validate(row["item"]))
+            prompts.append(row["prompt"])
+            hashes.append(row["prompt_hash"])
+            outputs.append(row["raw_output"])
+            probabilities.append(row.get("probabilities"))
+            if "judge" in row:
+                verdicts[len(items) - 1] = row["judge"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise InputError(items_path, f"not a medfuse items file ({e.__class__.__name__} at line {lineno})") from None
+    old = read_json(out / SUMMARY_FILE) if (out / SUMMARY_FILE).is_file() else {}
+    if not isinstance(old, dict):
+        raise InputError(out / SUMMARY_FILE, "not a medfuse summary (expected a JSON object)")
     judged = None
     if verdicts and old.get("judged"):
         judged = {"judge": old["judged"]["judge"], "prompt_version": old["judged"]["prompt_version"], "verdicts": verdicts}
-    counts = {k: old.get(k) for k in ("n_cached", "n_generated", "n_errors", "errors", "skipped")}
+    counts = {k: old.get(k) for k in ("n_cached", "n_generated", "n_errors", "error_causes", "skipped")}
     counts["n_errors"] = sum(o is None for o in outputs)
-    return write_results(out, run_info, items, prompts, hashes, outputs, probabilities, judged, counts, n_resamples)
+    return write_results(out, run_info, items, prompts, hashes, outputs, probabilities, judged, counts, n_resamples,
+                         max_error_share=max_error_share)
 
 
 __all__ = ["EvalConfig", "run_eval", "rescore", "write_results"]

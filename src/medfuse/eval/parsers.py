@@ -18,6 +18,10 @@ score as wrong. It never picks the option most similar to the output.
    text (ignoring case, spaces and surrounding punctuation).
 
 An output that only repeats the option list ("A. ...\nB. ...") chooses nothing.
+Outside tags and ``\boxed{}``, an answer read from the text is dropped when the text
+names options with conflicting polarity: when the option read is itself called wrong
+("D) X is wrong, C) Y is right" read as D), or another option is called right ("B.
+..., C is correct" read as B). "D is wrong, C is right" still reads C.
 Within a tier, two different letters (``A and B``, ``答案是A或B``, two boxed letters, "the
 answer is A ... the answer is B") make the output ambiguous, and ambiguity abstains. A
 letter inside a word never counts ("Answer: Based on ..." is not B, "I think" is not I),
@@ -96,6 +100,20 @@ _REFUSAL = re.compile(
     r"|\bas\s+an\s+ai\b|\bnot\s+(?:able\s+to\s+)?(?:provide|give)\s+medical\s+advice"
     r"|(?:我|本人)(?:无法|不能|不可以|没办法)(?:提供|回答|给出|作答|诊断|选择)|作为(?:一个)?(?:AI|人工智能)",
     re.I,
+)
+
+# An option named at the start of a clause: "D)", "(C)", "B.", "A:", "option C", "C is".
+_OPTION_MENTION = re.compile(
+    r"(?:^|(?<=[\n,;:.!?。；，]))\s*(?:(?i:option|choice)\s+)?[\(\[]?(?P<letter>[A-Z])"
+    r"(?:[\)\]]|[.:](?=\s)|(?=\s+(?:is|was|seems?|looks?)\b))",
+    re.MULTILINE,
+)
+# What a clause says of the option it names; a negative phrase wins ("not correct").
+_POLARITY = re.compile(
+    r"(?P<negative>\b(?:wrong|incorrect|false|unlikely|less\s+likely|inappropriate|ruled\s+out|excluded"
+    r"|not\s+(?:the\s+)?(?:correct|right|answer|best|likely|appropriate))\b|错误|不正确|不对|排除)"
+    r"|(?P<positive>\b(?:right|correct|true|best|the\s+answer|most\s+likely)\b|正确|最佳)",
+    re.IGNORECASE,
 )
 
 _OPTION_STRIP = " \t\r\n.。,，;；:：!！?？\"'“”‘’()[]（）【】*_`"
@@ -298,7 +316,7 @@ def parse_choice(text: str | None, options: Mapping[str, str] | None) -> str | N
     # 3. answers stated in words.
     stated = _stated_answers(body, letters, by_text)
     if stated is not None:
-        return _finish(stated)
+        return _from_text(stated, body, letters)
     if is_refusal(body):
         return None
     # 4. the whole output, its first line or its last line is a lone letter or option text.
@@ -307,7 +325,7 @@ def parse_choice(text: str | None, options: Mapping[str, str] | None) -> str | N
         return None  # the output lists options ("A. ...\nB. ...") without choosing one
     whole = _read_span(body, letters, by_text)
     if whole is not None:
-        return _finish(whole)
+        return _from_text(whole, body, letters)
     lines = [ln.strip() for ln in body.splitlines() if ln.strip()]
     readings: list[str | None] = []
     if lines:
@@ -320,11 +338,37 @@ def parse_choice(text: str | None, options: Mapping[str, str] | None) -> str | N
             last = _lone_letter(lines[-1])
             if last and not last[1]:
                 readings.append(_valid(last[0], letters))
-    return _finish(_combine(readings))
+    return _from_text(_combine(readings), body, letters)
 
 
 def _finish(result: str | None) -> str | None:
     return None if result == _AMBIGUOUS else result
+
+
+def _option_polarity(body: str, letters: str) -> dict[str, set[str]]:
+    """{letter: {"+", "-"}}: what the text says of each option it names, clause by clause
+    (a clause runs from one option's mention to the next)."""
+    mentions = [(m.group("letter"), m.end()) for m in _OPTION_MENTION.finditer(body) if m.group("letter") in letters]
+    said: dict[str, set[str]] = {}
+    for k, (letter, start) in enumerate(mentions):
+        end = mentions[k + 1][1] if k + 1 < len(mentions) else len(body)
+        kinds = {m.lastgroup for m in _POLARITY.finditer(body, start, end)}
+        if kinds:
+            said.setdefault(letter, set()).add("-" if "negative" in kinds else "+")
+    return said
+
+
+def _contradicted(letter: str | None, body: str, letters: str) -> bool:
+    """True when the text calls the option read wrong, or calls another option right."""
+    if letter is None or letter == _AMBIGUOUS:
+        return False
+    said = _option_polarity(body, letters)
+    return "-" in said.get(letter, set()) or any("+" in v for k, v in said.items() if k != letter)
+
+
+def _from_text(result: str | None, body: str, letters: str) -> str | None:
+    """`_finish` for an answer read from free text: conflicting polarity abstains."""
+    return None if _contradicted(result, body, letters) else _finish(result)
 
 
 # ---------------------------------------------------------------- yes / no / maybe

@@ -27,6 +27,11 @@ Version 1 templates (English; Chinese items use the `zh` wording of the same tem
   image width and height, several boxes of one label in one list.
 
 The system message is the same for every type: "You are a careful medical expert."
+
+A prompt also carries the item's task type and, for items read from a medfuse case
+folder, that folder, so that an adapter with several skills (a medfuse checkpoint
+diagnoses a case, but answers a question with its language model) picks the one the
+item asks for. The task type is implied by the text and stays out of the cache key.
 """
 
 from __future__ import annotations
@@ -105,14 +110,21 @@ class Prompt:
     user: str
     images: tuple[str, ...] = field(default_factory=tuple)
     max_new_tokens: int = 256
+    task_type: str | None = None  # the item's TaskType; None for prompts not built from an item
+    case_dir: str | None = None  # the medfuse case folder the item was read from, if any
 
     def cache_hash(self) -> str:
         """Stable hash of everything that determines the output (with PROMPT_VERSION in the key)."""
-        payload = json.dumps(asdict(self), ensure_ascii=False, sort_keys=True)
+        fields = asdict(self)
+        del fields["task_type"]  # implied by the text
+        if fields["case_dir"] is None:
+            del fields["case_dir"]  # so prompts of other benchmarks keep the keys they had
+        payload = json.dumps(fields, ensure_ascii=False, sort_keys=True)
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
     def as_dict(self) -> dict:
-        return {"system": self.system, "user": self.user, "images": list(self.images)}
+        d = {"system": self.system, "user": self.user, "images": list(self.images), "task_type": self.task_type}
+        return d | ({"case_dir": self.case_dir} if self.case_dir else {})
 
 
 def build_prompt(item: EvalItem, max_new_tokens: int | None = None) -> Prompt:
@@ -155,4 +167,6 @@ def build_prompt(item: EvalItem, max_new_tokens: int | None = None) -> Prompt:
     else:  # pragma: no cover - AnswerType is a closed Literal
         raise ValueError(f"no prompt template for answer type {kind!r}")
     budget = max_new_tokens or DEFAULT_MAX_NEW_TOKENS[kind]
-    return Prompt(system=SYSTEM[lang], user="\n\n".join(parts), images=tuple(item.images), max_new_tokens=budget)
+    case_dir = item.metadata.get("case_dir")
+    return Prompt(system=SYSTEM[lang], user="\n\n".join(parts), images=tuple(item.images), max_new_tokens=budget,
+                  task_type=item.task_type, case_dir=str(case_dir) if case_dir else None)

@@ -12,7 +12,7 @@ Writes `report.md`, `report.html` (self-contained apart from the PNGs) and `plot
 from __future__ import annotations
 
 import html
-import json
+import math
 from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from medfuse.errors import InputError
+from medfuse.eval.benchmarks.base import iter_jsonl, read_json
 from medfuse.eval.harness import ITEMS_FILE, SUMMARY_FILE
 
 if TYPE_CHECKING:
@@ -32,10 +33,9 @@ def _load_run(folder: Path) -> dict:
     path = Path(folder) / SUMMARY_FILE
     if not path.is_file():
         raise InputError(folder, "not an eval run folder (no summary.json)")
-    try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise InputError(path, "invalid JSON") from None
+    summary = read_json(path)
+    if not isinstance(summary, dict):
+        raise InputError(path, "not a medfuse summary (expected a JSON object)")
     for key in ("benchmark", "metrics", "headline", "ci95"):
         if key not in summary:
             raise InputError(path, f"missing '{key}' (not a medfuse summary)")
@@ -46,16 +46,25 @@ def _items(run: dict) -> list[dict]:
     path = run["dir"] / ITEMS_FILE
     if not path.is_file():
         return []
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [row for _, row in iter_jsonl(path)]
 
 
 def _fmt(summary: dict, name: str) -> str:
+    if summary.get("score_valid") is False:
+        return "invalid"  # too many failed requests: no score (see harness)
     value = summary["metrics"].get(name)
     if value is None:
         return "-"
     ci = summary["ci95"].get(name)
     return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{value:.3f}"
+
+
+def _sort_key(summary: dict, name: str | None, higher_is_better: bool) -> tuple[bool, float]:
+    """Leaderboard order (sorted descending): best first, runs without a valid score last."""
+    value = summary["metrics"].get(name) if summary.get("score_valid") is not False else None
+    if value is None or math.isnan(value):  # missing, invalid run, or NaN
+        return False, 0.0
+    return True, float(value) if higher_is_better else -float(value)
 
 
 def _slug(text: str) -> str:
@@ -177,7 +186,12 @@ def write_report(run_dirs: list[str | Path], out: str | Path) -> list[Path]:
     runs = [_load_run(Path(d)) for d in run_dirs]
     out = Path(out)
     plots = out / "plots"
-    plots.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise InputError(out, "exists and is not a folder (--out takes a folder for report.md, report.html, plots/)")
+    try:
+        plots.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(out, f"cannot create the report folder ({e.strerror or e.__class__.__name__})") from None
 
     by_bench: dict[str, list[dict]] = defaultdict(list)
     for r in runs:
@@ -195,8 +209,7 @@ def write_report(run_dirs: list[str | Path], out: str | Path) -> list[Path]:
             headline += [h for h in r["summary"]["headline"] if h not in headline]
         first = headline[0] if headline else None
         higher_is_better = first != "ece"
-        group.sort(key=lambda r: r["summary"]["metrics"].get(first, float("-inf")) * (1 if higher_is_better else -1),
-                   reverse=True)
+        group.sort(key=lambda r: _sort_key(r["summary"], first, higher_is_better), reverse=True)
         judged = any(r["summary"].get("judged") for r in group)
         header = ["run", "model", "n", "errors", *headline] + (["judged open accuracy"] if judged else []) + ["prompts"]
         rows = []

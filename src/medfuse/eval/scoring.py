@@ -7,9 +7,15 @@ It never calls a model: a rescore after a parser or metric change re-runs only t
 
 Rules that keep scores honest:
 - an output that cannot be parsed is an abstention and scored wrong (multiple choice,
-  yes/no/maybe), an empty set (diagnosis) or no boxes (grounding), never a guess;
-- a request that failed (no output) is scored like an abstention and counted in
-  `n_errors`, so failures cannot inflate a score;
+  yes/no/maybe), Jaccard 0 (diagnosis: an answer without an `<answer>` tag is not the
+  empty set, which would be a perfect score on a healthy case) or no boxes (grounding),
+  never a guess; diagnosis counts these in `details["n_unparsed"]`;
+- a request that failed (no output) is scored like an abstention (Jaccard 0 for
+  diagnosis) and counted (`n_failed`), so failures cannot inflate a score; when some but
+  not all requests failed, `answered` holds the metrics over the answered items alone,
+  so that neither number is mistaken for the other;
+- grounding reads only the boxes given for the queried label (or without a label);
+  boxes given for another label are surplus predictions;
 - judged scores (LLM judge) are added beside the rule-based ones by the harness, never here.
 """
 
@@ -39,7 +45,7 @@ def _ci(values: np.ndarray | None, statistic: Callable | None, n: int, n_resampl
     """A 95 % percentile-bootstrap interval over items (None for fewer than 2 items)."""
     from medfuse.eval.bootstrap import bootstrap_ci
 
-    if n < 2:
+    if n < 2 or n_resamples < 1:  # n_resamples 0: point estimates only
         return None
     if statistic is None:
         lo, hi = bootstrap_ci(np.asarray(values, dtype=float), n_resamples=n_resamples)
@@ -85,18 +91,20 @@ def _score_choice(items, outputs, n_resamples):
     headline = ["accuracy"]
     if items and all(it.answer_type == "yes_no_maybe" for it in items):
         # PubMedQA reports macro-F1 over yes/no/maybe beside accuracy; an abstention is a
-        # miss for its gold class and never a hit for any class.
-        from sklearn.metrics import f1_score
+        # miss for its gold class and never a hit for any class. As one-hot rows the
+        # classes are scored like diagnosis labels, so a class that is neither gold nor
+        # predicted is left out of the mean instead of counting as F1 0.
+        from medfuse.eval.metrics.classification import macro_f1
 
         labels = ["yes", "no", "maybe"]
-        pred = np.array([p or ABSTAIN for p in parsed])
-        gold_arr = np.array(gold)
+        gold_1hot = np.array([[int(g == lab) for lab in labels] for g in gold])  # (items, 3)
+        pred_1hot = np.array([[int(p == lab) for lab in labels] for p in parsed])  # (items, 3); abstain: zeros
 
-        def macro_f1(ix: np.ndarray) -> float:
-            return float(f1_score(gold_arr[ix], pred[ix], labels=labels, average="macro", zero_division=0))
+        def macro_f1_of(ix: np.ndarray) -> float:
+            return macro_f1(gold_1hot[ix], pred_1hot[ix])
 
-        metrics["macro_f1"] = macro_f1(np.arange(len(items)))
-        ci["macro_f1"] = _ci(None, macro_f1, len(items), n_resamples)
+        metrics["macro_f1"] = macro_f1_of(np.arange(len(items)))
+        ci["macro_f1"] = _ci(None, macro_f1_of, len(items), n_resamples)
         headline.append("macro_f1")
     records = [{"parsed": p, "score": {"correct": bool(c)}} for p, c in zip(parsed, correct, strict=True)]
     return records, metrics, ci, headline, details, correct
@@ -148,7 +156,7 @@ def _score_vqa(items, outputs, n_resamples):
 def _score_diagnosis(items, outputs, probabilities, n_resamples):
     from sklearn.metrics import f1_score
 
-    from medfuse.eval.metrics.classification import jaccard_sets, multilabel_metrics
+    from medfuse.eval.metrics.classification import jaccard_sets, macro_f1, multilabel_metrics
     from medfuse.formats import parse_answer_set
     from medfuse.knowledge.panel import load_panel
 
@@ -174,25 +182,27 @@ def _score_diagnosis(items, outputs, probabilities, n_resamples):
     y_prob = None
     if items and all(p for p in probabilities):
         y_prob = np.array([[float(p.get(n, 0.0)) for n in names] for p in probabilities])  # (items, labels)
+    # No answer (failed request or no <answer> tag) is no prediction at all, not the empty
+    # set: it scores Jaccard 0 even where the gold set is empty.
     jac = np.array(jaccard_sets(pred_sets, gold_sets), dtype=float)
+    jac[[p is None for p in parsed]] = 0.0
     details = multilabel_metrics(y_true, y_pred, y_prob=y_prob, names=names)
     # Jaccard over the full predicted sets (labels outside the columns included), the
     # quantity MedTVT-R1 reports and rewards.
     metrics = {"jaccard": float(jac.mean())}
     metrics.update({k: float(details[k]) for k in ("micro_f1", "macro_f1", "micro_precision", "micro_recall")})
     ci = {"jaccard": _ci(jac, None, len(items), n_resamples)}
-    for avg in ("micro", "macro"):
-        def stat(ix: np.ndarray, avg: str = avg) -> float:
-            return float(f1_score(y_true[ix], y_pred[ix], average=avg, zero_division=0))
-
-        ci[f"{avg}_f1"] = _ci(None, stat, len(items), n_resamples)
+    ci["micro_f1"] = _ci(None, lambda ix: float(f1_score(y_true[ix], y_pred[ix], average="micro", zero_division=0)),
+                         len(items), n_resamples)
+    ci["macro_f1"] = _ci(None, lambda ix: macro_f1(y_true[ix], y_pred[ix]), len(items), n_resamples)
     headline = ["jaccard", "micro_f1", "macro_f1"]
     if y_prob is not None and details.get("ece") is not None:
         metrics["ece"] = float(details["ece"])
         headline.append("ece")
     details = dict(details)
     details["labels"] = names
-    details["format_failures"] = sum(p is None for p in parsed)
+    details["n_failed"] = sum(out is None for out in outputs)
+    details["n_unparsed"] = sum(p is None and out is not None for p, out in zip(parsed, outputs, strict=True))
     details["out_of_list_predictions"] = sum(len(p - set(col)) for p in pred_sets)
     records = [
         {"parsed": None if p is None else sorted(set(p)), "score": {"jaccard": float(j)}}
@@ -221,8 +231,8 @@ def _score_report(items, outputs, n_resamples):
     from medfuse.eval.metrics.text_generation import report_bootstrap_ci
 
     report_resamples = n_resamples
-    ci = dict(report_bootstrap_ci(preds, refs, lang=lang, names=["bleu_4", "rouge_l", "cider"],
-                                  n_resamples=n_resamples))
+    ci = (dict(report_bootstrap_ci(preds, refs, lang=lang, names=["bleu_4", "rouge_l", "cider"],
+                                   n_resamples=n_resamples)) if n_resamples > 0 else {})
     headline = [k for k in ("bleu_1", "bleu_4", "meteor", "rouge_l", "cider") if k in metrics]
     if lang == "en":
         # The clinical-efficacy labeler is an English chest-X-ray vocabulary.
@@ -237,7 +247,7 @@ def _score_report(items, outputs, n_resamples):
             def ce_f1(ix: np.ndarray) -> float:
                 return float(ce_metrics([preds[i] for i in ix], [refs[i] for i in ix])["f1"])
 
-            ci["ce_f1"] = _ci(None, ce_f1, len(items), max(50, n_resamples // 5))
+            ci["ce_f1"] = _ci(None, ce_f1, len(items), max(50, n_resamples // 5) if n_resamples > 0 else 0)
     details["bootstrap_resamples"] = report_resamples
     per_item_all = details.pop("per_item", {}) or {}
     per_item = {k: v for k, v in per_item_all.items() if isinstance(v, list) and len(v) == len(items)}
@@ -249,45 +259,63 @@ def _score_report(items, outputs, n_resamples):
 # ---------------------------------------------------------------- grounding
 
 
-def _score_grounding(items, outputs, n_resamples):
-    from medfuse.eval.metrics.grounding import grounding_metrics
+def _label_key(label: str) -> str:
+    """A box label as compared with the queried one: case, spaces and underscores folded."""
+    return " ".join(label.replace("_", " ").split()).casefold()
+
+
+def queried_boxes(output: str | None, label: str) -> tuple[list[list[int]], int]:
+    """(boxes given for `label` or without a label, number of boxes given for other labels)."""
     from medfuse.formats import parse_boxes
 
-    thresholds = ("acc_iou_0.25", "acc_iou_0.5", "acc_iou_0.75")
-    preds: list[list[list[int]]] = []
-    for out in outputs:
-        boxes: list[list[int]] = []
-        for _label, bs in parse_boxes(out or ""):
-            boxes.extend(list(b) for b in bs)
+    own: list[list[int]] = []
+    other = 0
+    for box_label, boxes in parse_boxes(output or ""):
+        if not box_label or _label_key(box_label) == _label_key(label):
+            own.extend(list(b) for b in boxes)
+        else:
+            other += len(boxes)
+    return own, other
+
+
+def _score_grounding(items, outputs, n_resamples):
+    from medfuse.eval.metrics.grounding import ACC_THRESHOLDS, grounding_counts, pool_grounding_counts
+
+    thresholds = tuple(f"acc_iou_{t}" for t in ACC_THRESHOLDS)
+    counts, preds = [], []
+    for it, out in zip(items, outputs, strict=True):
+        boxes, other = queried_boxes(out, str(it.metadata.get("label", "")))
         preds.append(boxes)
-    golds = [[list(b) for b in it.gold] for it in items]
-    details = dict(grounding_metrics(preds, golds))
-    metrics = {k: float(details[k]) for k in (*thresholds, "mean_iou", "precision", "recall", "f1") if k in details}
-    # Per-item counts let the bootstrap pool boxes exactly as the metric does, without
-    # re-running the Hungarian matching on every resample.
-    per = [grounding_metrics([p], [g]) for p, g in zip(preds, golds, strict=True)]
-    n_gold = np.array([len(g) for g in golds], dtype=float)
-    n_pred = np.array([len(p) for p in preds], dtype=float)
-    tp = np.array([s["recall"] for s in per]) * n_gold  # matched boxes at IoU 0.5
-    acc = {t: np.array([s[t] for s in per]) * n_gold for t in thresholds}
-
-    def pooled(num: np.ndarray, den: np.ndarray):
-        return lambda ix: float(num[ix].sum() / den[ix].sum()) if den[ix].sum() else 0.0
-
-    def f1(ix: np.ndarray) -> float:
-        p = tp[ix].sum() / n_pred[ix].sum() if n_pred[ix].sum() else 0.0
-        r = tp[ix].sum() / n_gold[ix].sum() if n_gold[ix].sum() else 0.0
-        return float(2 * p * r / (p + r)) if p + r else 0.0
-
-    ci = {t: _ci(None, pooled(acc[t], n_gold), len(items), n_resamples) for t in thresholds}
-    ci["f1"] = _ci(None, f1, len(items), n_resamples)
-    headline = ["acc_iou_0.5", "mean_iou", "f1"]
-    records = [{"parsed": p, "score": {k: float(s[k]) for k in (*thresholds, "mean_iou") if k in s}}
-               for p, s in zip(preds, per, strict=True)]
-    return records, metrics, ci, headline, details, np.array([s.get("acc_iou_0.5", 0.0) for s in per])
+        counts.append(grounding_counts(boxes, [list(b) for b in it.gold], unmatched_extra=other))
+    details = pool_grounding_counts(counts)
+    names = ("f1", "precision", "recall", *thresholds, "mean_iou")
+    metrics = {k: float(details[k]) for k in names}
+    # Intervals pool the per-item counts exactly as the metric does, without re-running the
+    # Hungarian matching on every resample.
+    ci = {k: _ci(None, lambda ix, k=k: float(pool_grounding_counts([counts[i] for i in ix])[k]), len(items), n_resamples)
+          for k in ("f1", *thresholds, "mean_iou")}
+    headline = ["f1", "acc_iou_0.5", "mean_iou"]
+    per = [pool_grounding_counts([c]) for c in counts]
+    records = [{"parsed": p, "score": {k: float(s[k]) for k in names}} for p, s in zip(preds, per, strict=True)]
+    return records, metrics, ci, headline, details, np.array([s["f1"] for s in per])
 
 
 # ---------------------------------------------------------------- entry point
+
+
+def _score_task(task: str, items, outputs, probabilities, n_resamples):
+    """(records, metrics, ci, headline, details, per-item main score) of one task type."""
+    if task == "multiple_choice":
+        return _score_choice(items, outputs, n_resamples)
+    if task == "vqa":
+        return _score_vqa(items, outputs, n_resamples)
+    if task == "diagnosis":
+        return _score_diagnosis(items, outputs, probabilities, n_resamples)
+    if task == "report":
+        return _score_report(items, outputs, n_resamples)
+    if task == "grounding":
+        return _score_grounding(items, outputs, n_resamples)
+    raise ValueError(f"unknown task type {task!r}")  # pragma: no cover - TaskType is a closed Literal
 
 
 def score_run(
@@ -299,32 +327,30 @@ def score_run(
 ) -> tuple[list[dict], dict]:
     """Parse and score every output; returns (per-item records, metrics block).
 
-    `outputs[i]` is None when the request for item i failed. The metrics block holds
-    `metrics`, `ci95`, `headline` (ordered names), `details` and `breakdowns`.
+    `outputs[i]` is None when the request for item i failed; it is scored as a wrong
+    answer and counted in `n_failed`. The metrics block holds `metrics`, `ci95`,
+    `headline` (ordered names), `details`, `breakdowns`, `n_failed`, and, when some but
+    not all requests failed, `answered`: {"n", "metrics"} over the answered items alone
+    (point estimates).
     """
     if not items:
-        return [], {"metrics": {}, "ci95": {}, "headline": [], "details": {}, "breakdowns": {}}
+        return [], {"metrics": {}, "ci95": {}, "headline": [], "details": {}, "breakdowns": {}, "n_failed": 0}
     task = items[0].task_type
     if any(it.task_type != task for it in items):
         raise ValueError("a run scores one task type")
     probabilities = list(probabilities) if probabilities is not None else [None] * len(items)
-    if task == "multiple_choice":
-        records, metrics, ci, headline, details, main = _score_choice(items, outputs, n_resamples)
-    elif task == "vqa":
-        records, metrics, ci, headline, details, main = _score_vqa(items, outputs, n_resamples)
-    elif task == "diagnosis":
-        records, metrics, ci, headline, details, main = _score_diagnosis(items, outputs, probabilities, n_resamples)
-    elif task == "report":
-        records, metrics, ci, headline, details, main = _score_report(items, outputs, n_resamples)
-    elif task == "grounding":
-        records, metrics, ci, headline, details, main = _score_grounding(items, outputs, n_resamples)
-    else:  # pragma: no cover - TaskType is a closed Literal
-        raise ValueError(f"unknown task type {task!r}")
+    records, metrics, ci, headline, details, main = _score_task(task, items, outputs, probabilities, n_resamples)
+    answered = [i for i, out in enumerate(outputs) if out is not None]
     block = {
         "metrics": metrics,
         "ci95": {k: v for k, v in ci.items() if k in metrics},
         "headline": headline,
         "details": details,
         "breakdowns": _breakdowns(items, np.asarray(main, dtype=float), breakdown_keys),
+        "n_failed": len(items) - len(answered),
     }
+    if 0 < len(answered) < len(items):
+        sub = _score_task(task, [items[i] for i in answered], [outputs[i] for i in answered],
+                          [probabilities[i] for i in answered], 0)
+        block["answered"] = {"n": len(answered), "metrics": sub[1]}
     return records, block

@@ -9,11 +9,13 @@ Objective per batch (`EncoderObjective.forward`):
   training-only linear map; cases without the text or the signal are left out;
 - per-finding presence BCE + L1 + GIoU box regression on the image patches (`findings.py`).
 Afterwards the disease head is temperature-scaled and thresholded (F1-max) on the
-validation split, and the checkpoint's model card gets the validation metrics.
+validation split, and the checkpoint's model card gets validation metrics that no fitted
+operating point has seen (`calibrate`: 2-fold cross-fitting by patient).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -183,47 +185,116 @@ def grounding_by_label(cases: list[PatientCase], found: list[list[tuple[str, lis
 def finding_metrics(cases: list[PatientCase], pred: dict[str, np.ndarray], labels: list[str],
                     threshold: float) -> dict[str, Any] | None:
     """`grounding_by_label` of the finding head's predictions (`predict`) at `threshold`."""
-    from medfuse.model.findings import decode_findings
-
     if "finding_prob" not in pred:
         return None
-    found = [decode_findings(pred["finding_prob"][i], pred["finding_boxes"][i], labels, threshold)
-             if pred["has_cxr"][i] else [] for i in range(len(cases))]
-    return grounding_by_label(cases, found, labels)
+    return grounding_by_label(cases, _decoded_findings(pred, labels, threshold), labels)
+
+
+def _decoded_findings(pred: dict[str, np.ndarray], labels: list[str], threshold: float) -> list[list]:
+    """The (label, box) findings per case of the finding head's predictions at `threshold`."""
+    from medfuse.model.findings import decode_findings
+
+    return [decode_findings(pred["finding_prob"][i], pred["finding_boxes"][i], labels, threshold)
+            if pred["has_cxr"][i] else [] for i in range(len(pred["has_cxr"]))]
+
+
+def _rows(pred: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
+    """The predictions (`predict`) of the cases at positions `rows`."""
+    return {k: v[rows] for k, v in pred.items()}
+
+
+def summarise_diagnosis(y_true: np.ndarray, y_pred: np.ndarray, probs: np.ndarray, names: list[str]) -> dict[str, Any]:
+    """The diagnosis figures of a model card: Jaccard, micro/macro F1, macro AUROC, pooled
+    ECE, and per disease F1 and ECE (4 decimals; an undefined value is None)."""
+    from medfuse.eval.metrics.classification import multilabel_metrics
+
+    def rounded(value: Any) -> Any:
+        return (None if math.isnan(value) else round(float(value), 4)) if isinstance(value, float) else value
+
+    m = multilabel_metrics(y_true.astype(int), y_pred.astype(int), probs, names)
+    out = {k: rounded(m.get(k)) for k in ("jaccard", "micro_f1", "macro_f1", "macro_auroc", "ece", "n_samples")}
+    out["per_disease_f1"] = {n: rounded(v["f1"]) for n, v in m["per_class"].items()}
+    out["per_disease_ece"] = {n: rounded(v["ece"]) for n, v in m["per_class"].items()}
+    return out
 
 
 def diagnosis_metrics(head, pred: dict[str, np.ndarray], names: list[str]) -> dict[str, Any]:
-    from medfuse.eval.metrics.classification import multilabel_metrics
-
+    """`summarise_diagnosis` of the disease head at its thresholds on predictions (`predict`)."""
     probs = head.predict_proba(pred["logits"])
     y_pred = (probs >= np.asarray(head.thresholds)[None, :]).astype(int)
-    m = multilabel_metrics(pred["labels"].astype(int), y_pred, probs, names)
-    keep = ("jaccard", "micro_f1", "macro_f1", "macro_auroc", "ece", "n_samples")
-    return {k: (round(float(m[k]), 4) if isinstance(m.get(k), float) else m.get(k)) for k in keep}
+    return summarise_diagnosis(pred["labels"], y_pred, probs, names)
+
+
+def patient_halves(cases: list[PatientCase]) -> np.ndarray:
+    """A bool mask (n,) splitting cases into two halves by patient: every patient's cases on
+    one side, patients ordered by a hash of their id and dealt out alternately."""
+    import hashlib
+
+    patients = sorted({c.group_id for c in cases}, key=lambda g: hashlib.sha256(f"calibration:{g}".encode()).hexdigest())
+    first = set(patients[::2])
+    return np.array([c.group_id in first for c in cases], dtype=bool)
+
+
+def _fit_head(head, pred: dict[str, np.ndarray]) -> None:
+    """Fit `head`'s temperature, then its F1-max thresholds, on predictions (`predict`)."""
+    head.fit_temperature(pred["logits"], pred["labels"])
+    head.fit_thresholds(head.predict_proba(pred["logits"]), pred["labels"])
+
+
+def _best_finding_threshold(cases: list[PatientCase], pred: dict[str, np.ndarray], labels: list[str]) -> float | None:
+    """The finding presence threshold with the best grounding F1 (Hungarian, IoU >= 0.5)
+    on these cases, the higher one on ties; None when there is nothing to score."""
+    scored = {t: finding_metrics(cases, pred, labels, t) for t in FINDING_THRESHOLDS}
+    scored = {t: m for t, m in scored.items() if m is not None}
+    return max(scored, key=lambda t: (scored[t]["f1"], -t)) if scored else None
 
 
 def calibrate(model, val_cases: list[PatientCase], val: EncoderData | None = None) -> dict[str, Any]:
-    """Fit the disease head's temperature and F1-max thresholds on validation cases; their metrics.
+    """Fit the disease head's temperature and F1-max thresholds (and the finding head's
+    presence threshold) on validation cases, and report metrics no fitted value has seen.
 
-    Returns {"diagnosis": jaccard, micro/macro F1, macro AUROC, ECE at the fitted
-    thresholds (on the same cases: an optimistic estimate, the held-out test is separate),
-    "findings": grounding metrics of the finding head or None}.
+    The scores come from 2-fold cross-fitting by patient (`patient_halves`): each half is
+    scored with the temperature and thresholds fitted on the other half, so no case is
+    scored at an operating point fitted on it; the model keeps the values fitted on all
+    the cases. With fewer than two patients per half the scores are in-sample, and
+    `scored_on` says so. Returns {"diagnosis": `summarise_diagnosis` + scored_on,
+    "findings": grounding metrics + threshold + scored_on, or None}.
     """
+    import copy
+
     val = val or EncoderData.build(val_cases, model, with_texts=False)
     pred = predict(model.fusion, val)
-    model.head.fit_temperature(pred["logits"], pred["labels"])
-    model.head.fit_thresholds(model.head.predict_proba(pred["logits"]), pred["labels"])
+    labels = model.config.finding_labels
+    findings_trained = bool(model.card.get("findings_trained")) and "finding_prob" in pred
+    half = patient_halves(val_cases)
+    cross_fit = min(len({c.group_id for c, h in zip(val_cases, half, strict=True) if h == side}) for side in (True, False)) >= 2
+    scored_on = "held out: 2-fold cross-fit by patient" if cross_fit else "in-sample: the cases the thresholds were fitted on"
+    probs = np.zeros_like(pred["logits"], dtype=float)  # (n, D)
+    y_pred = np.zeros(pred["logits"].shape, dtype=int)  # (n, D)
+    found: list[list] = [[] for _ in val_cases]
+    every = np.ones_like(half)
+    for fit_rows, score_rows in ((half, ~half), (~half, half)) if cross_fit else ((every, every),):
+        fit, score = np.flatnonzero(fit_rows), np.flatnonzero(score_rows)
+        head = copy.deepcopy(model.head)
+        _fit_head(head, _rows(pred, fit))
+        probs[score] = head.predict_proba(pred["logits"][score])
+        y_pred[score] = probs[score] >= head.thresholds[None, :]
+        if findings_trained:
+            t = _best_finding_threshold([val_cases[i] for i in fit], _rows(pred, fit), labels)
+            if t is not None:
+                for i, f in zip(score, _decoded_findings(_rows(pred, score), labels, t), strict=True):
+                    found[i] = f
+    _fit_head(model.head, pred)
+    diagnosis = summarise_diagnosis(pred["labels"], y_pred, probs, model.panel.keys) | {"scored_on": scored_on}
     findings = None
-    if model.card.get("findings_trained"):
-        # The presence threshold is an operating point like the disease thresholds: the one
-        # with the best grounding F1 (Hungarian, IoU >= 0.5) on the validation images.
-        scored = {t: finding_metrics(val_cases, pred, model.config.finding_labels, t) for t in FINDING_THRESHOLDS}
-        scored = {t: m for t, m in scored.items() if m is not None}
-        if scored:
-            best = max(scored, key=lambda t: (scored[t]["f1"], -t))
+    if findings_trained:
+        # The presence threshold is an operating point like the disease thresholds.
+        best = _best_finding_threshold(val_cases, pred, labels)
+        if best is not None:
             model.config.finding_threshold = best
-            findings = {**scored[best], "threshold": best}
-    return {"diagnosis": diagnosis_metrics(model.head, pred, model.panel.keys), "findings": findings}
+            scores = grounding_by_label(val_cases, found, labels)
+            findings = None if scores is None else {**scores, "threshold": best, "scored_on": scored_on}
+    return {"diagnosis": diagnosis, "findings": findings}
 
 
 def calibrate_on_validation(model, cohort: str, split_seed: int, limit: int | None = None) -> dict[str, Any]:

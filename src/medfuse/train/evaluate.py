@@ -3,14 +3,17 @@
 What the model card's `evaluation` reports (issue 5's quality targets), all on the given
 cohort (use a fresh synthetic seed, never the training cohort):
 - `diagnosis`: the disease head at its stored thresholds over every case — per-sample
-  Jaccard, micro/macro F1, macro AUROC, ECE (`medfuse.eval.metrics.classification`). A
+  Jaccard, micro/macro F1 (a disease with no case and no prediction is left out of the
+  macro mean), macro AUROC, pooled ECE and, beside it, each disease's F1 and ECE
+  (`per_disease_f1`, `per_disease_ece`; `medfuse.eval.metrics.classification`). A
   disease `diagnose` declines for insufficient data counts as predicted absent.
 - `single_modality`: the same model given ONE modality of each case (the others removed),
   for each modality; `fusion_margin` = all-modality macro-F1 minus the best of these. This
   is the fused model read through one modality, not a model trained on one modality: see
   `benchmarks/bench_fusion.py` for separately trained strategies.
 - `grounding`: the finding head on the cases with an image, over (image, finding label)
-  pairs: Acc@IoU 0.25/0.5/0.75, mean IoU, Hungarian precision/recall/F1.
+  pairs: Hungarian precision/recall/F1 (the headline), Acc@IoU 0.25/0.5/0.75 and mean
+  IoU, where surplus boxes count against the score (`medfuse.eval.metrics.grounding`).
 - `answers`: the language model's own `<answer>` on `lm_samples` diagnosis prompts
   (greedy): Jaccard, format rate, and the share of numbers in its reasoning that the
   faithfulness check finds in the case (`lm_eval.evaluate_answers`).
@@ -83,20 +86,11 @@ def _labels(model, cases: list[PatientCase]) -> np.ndarray:
     return np.stack(rows).astype(int)
 
 
-def _metrics(y: np.ndarray, pred: np.ndarray, probs: np.ndarray, names: list[str]) -> dict[str, Any]:
-    from medfuse.eval.metrics.classification import multilabel_metrics
-
-    m = multilabel_metrics(y, pred, probs, names)
-    out = {k: (round(float(m[k]), 4) if isinstance(m.get(k), float) else m.get(k))
-           for k in ("jaccard", "micro_f1", "macro_f1", "macro_auroc", "ece", "n_samples")}
-    out["per_disease_f1"] = {n: round(float(v["f1"]), 4) for n, v in m["per_class"].items()}
-    return out
-
-
 def evaluate_checkpoint(model, cohort: str | Path, lm_samples: int = 0, batch_size: int = 32,
                         limit: int | None = None, single_modality: bool = True) -> dict[str, Any]:
     """Run the evaluation above; returns the `evaluation` mapping of the model card."""
     from medfuse.record.store import iter_cohort
+    from medfuse.train.encoders import grounding_by_label, summarise_diagnosis
 
     cohort = Path(cohort)
     if not cohort.is_dir():
@@ -114,7 +108,7 @@ def evaluate_checkpoint(model, cohort: str | Path, lm_samples: int = 0, batch_si
         probs, pred, findings = _head_predictions(model, cases, batch_size)
         result: dict[str, Any] = {"cohort": cohort.resolve().name, "n_cases": len(cases),
                                   "synthetic": synthetic_origin(cohort),
-                                  "diagnosis": _metrics(y, pred, probs, names)}
+                                  "diagnosis": summarise_diagnosis(y, pred, probs, names)}
         single: dict[str, Any] = {}
         for m in MODALITIES if single_modality else ():
             idx = [i for i, c in enumerate(cases) if m in c.modalities()]
@@ -122,15 +116,15 @@ def evaluate_checkpoint(model, cohort: str | Path, lm_samples: int = 0, batch_si
                 continue  # too few cases to score (genomics: lung-cancer patients only)
             restricted = [only_modality(cases[i], m) for i in idx]
             p, yhat, _ = _head_predictions(model, restricted, batch_size)
-            single[m] = _metrics(y[idx], yhat, p, names)
-            single[m]["all_modalities_macro_f1_same_cases"] = _metrics(y[idx], pred[idx], probs[idx], names)["macro_f1"]
+            single[m] = summarise_diagnosis(y[idx], yhat, p, names)
+            single[m]["all_modalities_macro_f1_same_cases"] = summarise_diagnosis(
+                y[idx], pred[idx], probs[idx], names)["macro_f1"]
     result["single_modality"] = single
-    if single:
-        best = max(single, key=lambda k: single[k]["macro_f1"])
+    scored = {k: v for k, v in single.items() if v["macro_f1"] is not None}  # None: no disease to score
+    if scored and result["diagnosis"]["macro_f1"] is not None:
+        best = max(scored, key=lambda k: scored[k]["macro_f1"])
         result["best_single_modality"] = best
-        result["fusion_margin_macro_f1"] = round(result["diagnosis"]["macro_f1"] - single[best]["macro_f1"], 4)
-    from medfuse.train.encoders import grounding_by_label
-
+        result["fusion_margin_macro_f1"] = round(result["diagnosis"]["macro_f1"] - scored[best]["macro_f1"], 4)
     result["grounding"] = (grounding_by_label(cases, findings, model.config.finding_labels)
                            if model.card.get("findings_trained") else None)
     if lm_samples:

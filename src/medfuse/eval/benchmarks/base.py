@@ -207,6 +207,11 @@ def _open_text(path: Path, newline: str | None = None) -> Iterator[TextIO]:
         raise InputError(path, "not UTF-8 text") from None
 
 
+# Nesting deeper than Python's parser can follow is not a benchmark file; json raises
+# RecursionError for it, which must become the same one-line error as any invalid JSON.
+_TOO_DEEP = "invalid JSON (nested too deeply)"
+
+
 def read_json(path: Path) -> Any:
     """Parse a JSON file or raise InputError naming it."""
     try:
@@ -214,6 +219,8 @@ def read_json(path: Path) -> Any:
             return json.load(f)
     except json.JSONDecodeError as e:
         raise InputError(path, f"invalid JSON (line {e.lineno}: {e.msg})") from None
+    except RecursionError:
+        raise InputError(path, _TOO_DEEP) from None
     except IsADirectoryError:
         raise InputError(path, "expected a JSON file, got a folder") from None
 
@@ -233,9 +240,12 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
             if not line.strip():
                 continue
             try:
-                yield lineno, json.loads(line)
+                value = json.loads(line)
             except json.JSONDecodeError as e:
                 raise InputError(path, f"invalid JSON on line {lineno} ({e.msg}); expected JSON Lines") from None
+            except RecursionError:
+                raise InputError(path, f"{_TOO_DEEP} on line {lineno}") from None
+            yield lineno, value
 
 
 def read_csv_rows(path: Path, header: bool = True) -> list[dict[str, str]] | list[list[str]]:

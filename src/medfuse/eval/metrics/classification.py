@@ -5,13 +5,19 @@ Conventions (stated so that numbers can be compared with papers):
   agree perfectly (1.0), as in MedTVT-R1's reward and scikit-learn's
   ``jaccard_score(average="samples", zero_division=1)``.
 - F1, precision and recall come from scikit-learn with ``zero_division=0``: a class that
-  is never predicted has precision 0, not an undefined value that would be skipped.
+  is never predicted but occurs has precision 0, not an undefined value that would be
+  skipped. A class with no gold positive and no prediction has nothing to score: its
+  per-class F1, precision and recall are NaN, it is left out of the macro means (which
+  would otherwise count it as 0 and score perfect predictions below 1) and listed under
+  ``f1_excluded``; with no class left the macro means are NaN.
 - AUROC and AUPRC are computed from probabilities only (``y_prob``), never from the 0/1
   predictions. A class whose gold column holds a single value (all positive or all
   negative) has no AUROC (NaN); it is left out of ``macro_auroc`` and listed under
   ``auroc_excluded``. AUPRC is NaN for a class with no positive sample.
 - ``ece`` is the expected calibration error over every (sample, class) probability, with
-  equal-width bins, binned as ``sklearn.calibration.calibration_curve`` bins them.
+  equal-width bins, binned as ``sklearn.calibration.calibration_curve`` bins them; each
+  class also gets its own ECE (``per_class[name]["ece"]``), since a pooled ECE can hide
+  one badly calibrated disease behind many well calibrated ones.
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-__all__ = ["expected_calibration_error", "jaccard_sets", "multilabel_metrics", "reliability_bins"]
+__all__ = ["expected_calibration_error", "jaccard_sets", "macro_f1", "multilabel_metrics", "reliability_bins",
+           "scored_classes"]
 
 
 def jaccard_sets(pred: Sequence[set | frozenset | list], gold: Sequence[set | frozenset | list]) -> list[float]:
@@ -100,6 +107,31 @@ def expected_calibration_error(y_true: Any, y_prob: Any, n_bins: int = 10) -> fl
     return float(np.sum(np.asarray(bins["count"]) / total * gaps))
 
 
+def scored_classes(y_true: Any, y_pred: Any) -> np.ndarray:
+    """Column mask (classes,) of the classes F1 is defined for: some gold positive or some
+    prediction. The others are left out of macro averages (see the module docstring)."""
+    t, p = np.asarray(y_true), np.asarray(y_pred)
+    return (t.sum(axis=0) > 0) | (p.sum(axis=0) > 0)
+
+
+def macro_f1(y_true: Any, y_pred: Any) -> float:
+    """Macro F1 of 0/1 matrices (samples, classes) over the classes it is defined for;
+    NaN when there is none.
+
+    >>> macro_f1([[1, 0, 0], [0, 0, 0]], [[1, 0, 0], [0, 0, 0]])  # two classes never occur
+    1.0
+    """
+    return _macro_average(f1_score, np.asarray(y_true), np.asarray(y_pred))
+
+
+def _macro_average(score: Any, t: np.ndarray, p: np.ndarray) -> float:
+    """`score` (an sklearn F1/precision/recall function) macro-averaged over the scored classes."""
+    labels = np.flatnonzero(scored_classes(t, p))
+    if not len(labels):
+        return float("nan")
+    return float(score(t, p, labels=labels, average="macro", zero_division=0))
+
+
 def multilabel_metrics(
     y_true: Any,
     y_pred: Any,
@@ -112,7 +144,8 @@ def multilabel_metrics(
     macro means and the ECE; without it those are None. `names` label the classes
     (default ``class_0``...). Returns jaccard, micro/macro F1, precision and recall,
     per_class {name: {f1, precision, recall, support, auroc, auprc}}, macro_auroc,
-    macro_auprc, auroc_excluded, ece, n_samples and notes.
+    macro_auprc, auroc_excluded, f1_excluded, ece, n_samples and notes; per_class also
+    holds each class's own ECE when `y_prob` is given.
     """
     t = np.asarray(y_true)
     p = np.asarray(y_pred)
@@ -132,10 +165,12 @@ def multilabel_metrics(
         if n_samples
         else float("nan")
     )
-    for avg in ("micro", "macro"):
-        result[f"{avg}_f1"] = float(f1_score(t, p, average=avg, zero_division=0))
-        result[f"{avg}_precision"] = float(precision_score(t, p, average=avg, zero_division=0))
-        result[f"{avg}_recall"] = float(recall_score(t, p, average=avg, zero_division=0))
+    result["micro_f1"] = float(f1_score(t, p, average="micro", zero_division=0))
+    result["micro_precision"] = float(precision_score(t, p, average="micro", zero_division=0))
+    result["micro_recall"] = float(recall_score(t, p, average="micro", zero_division=0))
+    scored = scored_classes(t, p)  # (classes,)
+    for avg_name, score in (("f1", f1_score), ("precision", precision_score), ("recall", recall_score)):
+        result[f"macro_{avg_name}"] = _macro_average(score, t, p)
     precision, recall, f1, support = precision_recall_fscore_support(t, p, average=None, zero_division=0)
 
     prob: np.ndarray | None = None
@@ -153,15 +188,18 @@ def multilabel_metrics(
     auprcs: list[float] = []
     excluded: list[str] = []
     for j, name in enumerate(names):
+        undefined = float("nan")
         entry: dict[str, float | int | None] = {
-            "f1": float(f1[j]),
-            "precision": float(precision[j]),
-            "recall": float(recall[j]),
+            "f1": float(f1[j]) if scored[j] else undefined,
+            "precision": float(precision[j]) if scored[j] else undefined,
+            "recall": float(recall[j]) if scored[j] else undefined,
             "support": int(support[j]),
             "auroc": None,
             "auprc": None,
+            "ece": None,
         }
         if prob is not None:
+            entry["ece"] = expected_calibration_error(t[:, j], prob[:, j])
             column = t[:, j]
             if column.min() == column.max():
                 entry["auroc"] = float("nan")
@@ -183,6 +221,12 @@ def multilabel_metrics(
         result["notes"].append(
             f"AUROC undefined for {len(excluded)} class(es) whose gold labels are all one value; "
             "excluded from macro_auroc: " + ", ".join(excluded)
+        )
+    result["f1_excluded"] = [name for name, ok in zip(names, scored, strict=True) if not ok]
+    if result["f1_excluded"]:
+        result["notes"].append(
+            f"F1 undefined for {len(result['f1_excluded'])} class(es) with no gold positive and no prediction; "
+            "excluded from the macro means: " + ", ".join(result["f1_excluded"])
         )
     result["ece"] = expected_calibration_error(t, prob) if prob is not None else None
     return result

@@ -6,17 +6,26 @@ Boxes are ``[x1, y1, x2, y2]`` in one coordinate system per image (medfuse uses 
 numbers, or x2 < x1 / y2 < y1) overlaps nothing: it counts as a prediction that matches
 no gold box instead of stopping the evaluation.
 
-Definitions, pooled over every box of every image (micro averages):
+Definitions, pooled over every box of every image (micro averages). The boxes of one
+image are those answering one query (one finding label): a box given for another label
+is the caller's to count as an unmatched prediction (`unmatched_extra`).
 - matching pairs each gold box with at most one prediction and vice versa
   (``scipy.optimize.linear_sum_assignment``). At a threshold t, the assignment first
   maximises the number of pairs with IoU >= t, then their total IoU;
-- ``acc_iou_<t>`` = pairs with IoU >= t / gold boxes (the share of gold boxes found);
-- ``mean_iou`` = mean over gold boxes of the IoU of the prediction assigned to it by the
-  assignment of largest total IoU (0 for a gold box left without one);
 - ``precision`` = matched / predicted, ``recall`` = matched / gold, ``f1`` their harmonic
-  mean, at IoU 0.5;
+  mean, at IoU 0.5: the headline, since it is the one number that both missed gold boxes
+  and surplus predictions lower;
+- an image has ``max(n_gold, n_pred)`` *slots*: one per gold box, plus one per
+  prediction beyond the number of gold boxes (a surplus box is a false positive, and
+  it takes a slot that no match can fill);
+- ``acc_iou_<t>`` = pairs with IoU >= t / slots. It is the share of gold boxes found
+  when a model predicts no more boxes than there are, and falls with every surplus box:
+  an image whose predictions are more than twice its gold boxes scores below 0.5 at
+  every threshold, and a grid of 2,256 boxes over one gold box scores 1/2,256;
+- ``mean_iou`` = the IoU of the assignment of largest total IoU, summed, / slots (a gold
+  box left without a prediction and a surplus prediction each add 0);
 - a ratio with nothing to divide (no gold boxes, or no predictions) is 0.0; ``n_gold``,
-  ``n_pred`` and ``n_matched`` say when that happened.
+  ``n_pred``, ``n_matched`` and ``n_slots`` say when that happened.
 """
 
 from __future__ import annotations
@@ -30,7 +39,8 @@ from scipy.optimize import linear_sum_assignment
 
 from medfuse.record import boxes as record_boxes
 
-__all__ = ["ACC_THRESHOLDS", "box_iou", "grounding_metrics", "iou_matrix", "match_boxes"]
+__all__ = ["ACC_THRESHOLDS", "box_iou", "grounding_counts", "grounding_metrics", "iou_matrix", "match_boxes",
+           "pool_grounding_counts"]
 
 ACC_THRESHOLDS = (0.25, 0.5, 0.75)
 F1_THRESHOLD = 0.5
@@ -112,48 +122,68 @@ def match_boxes(
     return [(int(r), int(c), float(iou[r, c])) for r, c in zip(rows, cols, strict=True) if eligible[r, c]]
 
 
+def grounding_counts(
+    pred: Sequence[Sequence[float]], gold: Sequence[Sequence[float]], unmatched_extra: int = 0
+) -> dict[str, float]:
+    """The per-image quantities the grounding metrics pool: n_gold, n_pred, n_slots,
+    matched_<t> per Acc@IoU threshold, iou_sum (see the module docstring).
+
+    `unmatched_extra` counts predicted boxes that can match nothing (given for another
+    label than the one asked for): they are predictions, so they take slots and lower
+    precision, but are not offered to the matching.
+    """
+    n_pred = len(pred) + unmatched_extra
+    counts: dict[str, float] = {"n_gold": len(gold), "n_pred": n_pred, "n_slots": max(len(gold), n_pred),
+                                "iou_sum": 0.0, **{f"matched_{t}": 0 for t in ACC_THRESHOLDS}}
+    if pred and gold:
+        for t in ACC_THRESHOLDS:
+            counts[f"matched_{t}"] = len(match_boxes(pred, gold, t))
+        iou = iou_matrix(pred, gold)
+        rows, cols = linear_sum_assignment(iou, maximize=True)  # largest total IoU
+        counts["iou_sum"] = float(iou[rows, cols].sum())
+    return counts
+
+
+def pool_grounding_counts(counts: Sequence[dict[str, float]]) -> dict[str, Any]:
+    """The grounding metrics of images whose `grounding_counts` are given (micro averages)."""
+
+    def total(key: str) -> float:
+        return float(sum(c[key] for c in counts))
+
+    def ratio(num: float, den: float) -> float:
+        return num / den if den else 0.0
+
+    n_gold, n_pred, n_slots = total("n_gold"), total("n_pred"), total("n_slots")
+    n_matched = total(f"matched_{F1_THRESHOLD}")
+    precision, recall = ratio(n_matched, n_pred), ratio(n_matched, n_gold)
+    out: dict[str, Any] = {
+        "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+        "precision": precision,
+        "recall": recall,
+        **{f"acc_iou_{t}": ratio(total(f"matched_{t}"), n_slots) for t in ACC_THRESHOLDS},
+        "mean_iou": ratio(total("iou_sum"), n_slots),
+    }
+    out.update(n_images=len(counts), n_gold=int(n_gold), n_pred=int(n_pred), n_matched=int(n_matched),
+               n_slots=int(n_slots))
+    return out
+
+
 def grounding_metrics(
     preds: Sequence[Sequence[Sequence[float]]], golds: Sequence[Sequence[Sequence[float]]]
 ) -> dict[str, Any]:
-    """Grounding metrics over images: `preds[i]` and `golds[i]` are the boxes of image i.
+    """Grounding metrics over images: `preds[i]` and `golds[i]` are the boxes of image i
+    for one finding label.
 
-    Returns acc_iou_0.25, acc_iou_0.5, acc_iou_0.75, mean_iou, precision, recall, f1 (at
-    IoU 0.5), n_images, n_gold, n_pred, n_matched (see the module docstring).
+    Returns f1, precision, recall (at IoU 0.5), acc_iou_0.25, acc_iou_0.5, acc_iou_0.75,
+    mean_iou, n_images, n_gold, n_pred, n_matched, n_slots (see the module docstring).
 
     >>> m = grounding_metrics([[[0, 0, 10, 10]], []], [[[0, 0, 10, 20]], [[5, 5, 9, 9]]])
     >>> m["acc_iou_0.5"], m["acc_iou_0.75"], m["precision"], m["recall"]
     (0.5, 0.0, 1.0, 0.5)
+    >>> grid = [[x, y, x + 20, y + 20] for x in range(0, 940, 20) for y in range(0, 960, 20)]
+    >>> len(grid), grounding_metrics([grid], [[[0, 0, 20, 20]]])["acc_iou_0.5"] == 1 / len(grid)
+    (2256, True)
     """
     if len(preds) != len(golds):
         raise ValueError(f"preds and golds differ in length ({len(preds)} vs {len(golds)})")
-    n_gold = sum(len(g) for g in golds)
-    n_pred = sum(len(p) for p in preds)
-    hits = dict.fromkeys(ACC_THRESHOLDS, 0)
-    iou_sum = 0.0
-    n_matched = 0
-    for p, g in zip(preds, golds, strict=True):
-        if not p or not g:
-            continue
-        for t in ACC_THRESHOLDS:
-            hits[t] += len(match_boxes(p, g, t))
-        iou = iou_matrix(p, g)
-        rows, cols = linear_sum_assignment(iou, maximize=True)  # largest total IoU
-        iou_sum += float(iou[rows, cols].sum())
-        n_matched += len(match_boxes(p, g, F1_THRESHOLD))
-
-    def ratio(num: float, den: int) -> float:
-        return num / den if den else 0.0
-
-    precision, recall = ratio(n_matched, n_pred), ratio(n_matched, n_gold)
-    out: dict[str, Any] = {f"acc_iou_{t}": ratio(hits[t], n_gold) for t in ACC_THRESHOLDS}
-    out.update(
-        mean_iou=ratio(iou_sum, n_gold),
-        precision=precision,
-        recall=recall,
-        f1=2 * precision * recall / (precision + recall) if precision + recall else 0.0,
-        n_images=len(golds),
-        n_gold=n_gold,
-        n_pred=n_pred,
-        n_matched=n_matched,
-    )
-    return out
+    return pool_grounding_counts([grounding_counts(p, g) for p, g in zip(preds, golds, strict=True)])

@@ -2,20 +2,19 @@
 
 The checkpoint format and its loader belong to `medfuse.model` (`MedFuse.load`); this
 adapter, which speaks the harness's `Prompt`s, belongs to the eval kit, which sits above
-the model layer. Two kinds of prompt are served:
+the model layer. Prompts are routed by their task type (`Prompt.task_type`), never by
+whether they carry images:
 
-- A prompt whose images lie in a medfuse case folder (the `medfuse-cohort` benchmark
-  attaches the case's radiographs) is diagnosed from the whole case folder (every
-  modality, not only the text rendering): the output is
-  `<think>checked reasoning</think><answer>diseases the calibrated head calls present</answer>`
-  and carries the head's per-disease probabilities (`GeneratedText.probabilities`), so
-  diagnosis runs also get AUROC and calibration.
-- Any other prompt is answered by the language model from its text, with the prompt's
-  images (if any) encoded by the fusion model and injected at a `<cxr>` placeholder.
-
-Limitation: a `medfuse-cohort` case without images cannot be traced back to its folder
-from the prompt alone (the harness passes no item metadata to adapters), so it is
-answered from its text rendering.
+- A diagnosis prompt read from a medfuse case folder (`Prompt.case_dir`, set by the
+  `medfuse-cohort` benchmark; else the one case folder holding all its images) is
+  diagnosed from the whole folder (every modality, not only the text rendering): the
+  output is `<think>checked reasoning</think><answer>diseases the calibrated head calls
+  present</answer>` and carries the head's per-disease probabilities
+  (`GeneratedText.probabilities`), so diagnosis runs also get AUROC and calibration.
+- Every other prompt (VQA, multiple choice, report, grounding, a diagnosis question
+  without a case folder, or a prompt with no task type) is the question itself, answered
+  by the language model from its text, with the prompt's first image (if any) encoded by
+  the fusion model and injected at a `<cxr>` placeholder.
 """
 
 from __future__ import annotations
@@ -56,7 +55,7 @@ class MedfuseCheckpointModel(ModelAdapter):
         case_jobs: list[tuple[int, Path]] = []
         text_jobs: list[int] = []
         for i, p in enumerate(prompts):
-            folder = _case_folder(p.images)
+            folder = _case_folder(p) if p.task_type == "diagnosis" else None
             (case_jobs.append((i, folder)) if folder is not None else text_jobs.append(i))
         for start in range(0, len(case_jobs), self.batch_size):
             chunk = case_jobs[start:start + self.batch_size]
@@ -104,10 +103,14 @@ class MedfuseCheckpointModel(ModelAdapter):
         """Nothing to release on CPU."""
 
 
-def _case_folder(images: Sequence[str]) -> Path | None:
-    """The case folder holding all of a prompt's images, if they come from one."""
-    folders = {Path(p).parent for p in images}
-    if len(folders) != 1:
-        return None
-    folder = folders.pop()
+def _case_folder(prompt: Prompt) -> Path | None:
+    """The case folder a prompt was read from: its `case_dir`, else the one folder holding
+    all its images, when that is a case folder."""
+    if prompt.case_dir:
+        folder = Path(prompt.case_dir)
+    else:
+        folders = {Path(p).parent for p in prompt.images}
+        if len(folders) != 1:
+            return None
+        folder = folders.pop()
     return folder if (folder / CASE_FILE).is_file() else None

@@ -97,7 +97,8 @@ class OpenAICompatibleModel(ModelAdapter):
             with urllib.request.urlopen(req, timeout=min(self.timeout_s, 30)) as resp:
                 data = json.load(resp)
             return str(data["data"][0]["id"])
-        except (urllib.error.URLError, OSError, HTTPException, ValueError, KeyError, IndexError, TypeError):
+        except (urllib.error.URLError, OSError, HTTPException, ValueError, RecursionError, KeyError, IndexError,
+                TypeError):
             raise MedfuseError(
                 f"openai:{self.base_url}: could not list the served models; pass --model-name NAME"
             ) from None
@@ -131,7 +132,7 @@ class OpenAICompatibleModel(ModelAdapter):
             raise _Retryable(f"no answer within {self.timeout_s:g} s") from None
         except (urllib.error.URLError, ConnectionError, HTTPException, OSError) as e:
             raise _Retryable(f"connection failed ({e.__class__.__name__})") from None
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deeply to parse
             raise _Retryable("response is not JSON") from None
         try:
             message = data["choices"][0]["message"]
