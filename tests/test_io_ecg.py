@@ -399,3 +399,69 @@ def test_cli_ecg_array_writes_a_case(tmp_path, capsys, ptbxl_signal):
     case = read_case(out / "rec1")
     assert case.ecg.leads == list(STANDARD_12) and case.ecg.fs == 100
     np.testing.assert_array_equal(case.ecg.signal, ptbxl_signal)
+
+
+# ---------------------------------------------------------------- implausible rates, hostile headers, --skip-bad
+
+def _run(capsys, *args: str) -> tuple[int, str, list[str]]:
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, [line for line in captured.err.splitlines() if line.strip()]
+
+
+def _record(folder: Path, rate: str, data_name: str = "rec.dat") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "rec.dat").write_bytes(np.zeros((1000, 2), dtype="<i2").tobytes())
+    hea = folder / "rec.hea"
+    hea.write_text(f"rec 2 {rate} 1000\n{data_name} 16 200 16 0 0 0 0 I\n{data_name} 16 200 16 0 0 0 0 II\n")
+    return hea
+
+
+@pytest.mark.parametrize("rate", ["-500", "1e12", "10", "0.001"])
+def test_wfdb_implausible_sampling_rate_is_refused(tmp_path, capsys, rate):
+    # Before: wfdb read '-500' and '1e12' as its default 250 Hz (and '10' was kept), silently.
+    hea = _record(tmp_path / "in", rate)
+    with pytest.raises(InputError, match="implausible ECG sampling rate"):
+        read_wfdb(hea)
+    code, _, err = _run(capsys, "import", "wfdb", str(hea), "--out", str(tmp_path / "out"))
+    assert code == 2 and len(err) == 1 and "implausible ECG sampling rate" in err[0] and str(hea) in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_wfdb_header_naming_data_outside_its_folder_is_refused(tmp_path):
+    (tmp_path / "secret.dat").write_bytes(np.zeros((1000, 2), dtype="<i2").tobytes())
+    hea = _record(tmp_path / "in", "500", data_name="link.dat")
+    (tmp_path / "in" / "link.dat").symlink_to(tmp_path / "secret.dat")
+    with pytest.raises(InputError, match="outside the record's folder"):
+        read_wfdb(hea)
+
+
+def test_ecg_array_implausible_fs_is_a_one_line_usage_error(tmp_path, capsys):
+    csv = tmp_path / "e.csv"
+    csv.write_text("I,II\n" + "0.1,0.2\n" * 100)
+    code, _, err = _run(capsys, "import", "ecg-array", str(csv), "--fs", "1e12", "--out", str(tmp_path / "out"))
+    assert code == 2 and len(err) == 1 and "--fs: implausible ECG sampling rate" in err[0]
+
+
+def test_dicom_waveform_with_implausible_rate_is_refused():
+    ds = pydicom.dcmread(DICOM_ECG)
+    ds.WaveformSequence[0].SamplingFrequency = "1000000"
+    with pytest.raises(InputError, match="implausible ECG sampling rate"):
+        read_dicom_ecg(ds)
+
+
+@pytest.mark.parametrize("header", ["", "garbage line\n", "\x00\x01\x02\xff" * 50])
+def test_wfdb_skip_bad_names_the_skipped_record(tmp_path, capsys, header):
+    bad = tmp_path / "in" / "bad.hea"
+    bad.parent.mkdir(parents=True)
+    bad.write_text(header, encoding="latin-1")
+    code, _, err = _run(capsys, "import", "wfdb", str(bad), "--out", str(tmp_path / "out"))
+    assert code == 2 and len(err) == 1 and err[0].startswith("medfuse: error: ") and "bad.hea" in err[0]
+    good = tmp_path / "in" / "100.hea"
+    shutil.copy(ECG_DIR / "100.hea", good)
+    shutil.copy(ECG_DIR / "100.dat", tmp_path / "in" / "100.dat")
+    code, out, _ = _run(capsys, "import", "wfdb", str(good), str(bad), "--out", str(tmp_path / "out"), "--skip-bad",
+                        "--json")
+    summary = json.loads(out)
+    assert code == 0 and summary["cases_written"] == 1
+    assert [s["file"] for s in summary["skipped_files"]] == [str(bad)]

@@ -16,7 +16,7 @@ from PIL import Image
 from medfuse.cli import main
 from medfuse.errors import InputError
 from medfuse.io import dicom_header
-from medfuse.io.base import ImportReport
+from medfuse.io.base import ImportReport, pseudonym
 from medfuse.io.cohort import write_cohort
 from medfuse.io.dicom import import_dicom, read_dicom_image
 from medfuse.io.image import import_images, read_image
@@ -268,7 +268,8 @@ def test_dicom_import_round_trip_keeps_16_bit_pixels(tmp_path):
     original = read_dicom_image(RG1).pixels
     assert back.cxr[0].pixels.dtype == np.uint16
     assert np.array_equal(back.cxr[0].pixels, original)
-    assert back.cxr[0].view == "PA" and back.cxr[0].source == "RG1_UNCI.dcm"
+    # The file name holds part of the fixture's Patient Name (CompressedSamples^RG1): stored as a pseudonym.
+    assert back.cxr[0].view == "PA" and back.cxr[0].source == pseudonym("RG1_UNCI.dcm", "file") + ".dcm"
 
 
 # ---------------------------------------------------------------- PNG / JPEG
@@ -448,3 +449,67 @@ def test_cli_takes_an_absolute_recursive_glob(tmp_path, capsys):
                            "--json")
     assert code == 0 and json.loads(out)["cases_written"] == 3
     assert sorted(read_index(tmp_path / "c")["case_id"]) == ["h0001", "tb0005", "tb0007"]
+
+
+# ---------------------------------------------------------------- hostile images and identifiers in file names
+
+def _png_bomb() -> bytes:
+    """A tiny PNG whose header claims 60000 x 60000 pixels."""
+    import struct
+    import zlib
+
+    buf = io.BytesIO()
+    Image.new("L", (8, 8), 128).save(buf, format="PNG")
+    png = bytearray(buf.getvalue())
+    png[16:24] = struct.pack(">II", 60000, 60000)  # IHDR width, height
+    png[29:33] = struct.pack(">I", zlib.crc32(bytes(png[12:29])) & 0xFFFFFFFF)
+    return bytes(png)
+
+
+def test_decompression_bomb_png_is_one_line_or_skipped_and_named(tmp_path, capsys):
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(_png_bomb())
+    with pytest.raises(InputError, match="decompression bomb"):
+        read_image(bomb)
+    out = tmp_path / "out"
+    code, _, err = run_cli(capsys, "import", "image", str(bomb), "--out", str(out))
+    assert code == 2 and "decompression bomb" in one_line_error(err, "bomb.png")
+    # --skip-bad with nothing else to import: still one line and a failure, naming the file.
+    code, _, err = run_cli(capsys, "import", "image", str(bomb), "--out", str(out), "--skip-bad")
+    assert code == 2 and "no case imported (skipped" in one_line_error(err, "bomb.png")
+    code, stdout, _ = run_cli(capsys, "import", "image", str(bomb), str(NIH_PNG), "--out", str(out), "--skip-bad",
+                              "--json")
+    summary = json.loads(stdout)
+    assert code == 0 and summary["cases_written"] == 1 and summary["skipped"]["unreadable image file"] == 1
+    assert summary["skipped_files"][0]["file"] == str(bomb)
+
+
+def test_dicom_claiming_huge_dimensions_is_refused_before_decoding(tmp_path):
+    ds = pydicom.dcmread(RG1)
+    ds.Rows, ds.Columns = 65535, 65535
+    with pytest.raises(InputError, match="decompression bomb"):
+        read_dicom_image(ds)
+
+
+def test_nested_coco_json_is_one_line(tmp_path, capsys):
+    coco = tmp_path / "coco.json"
+    coco.write_text('{"a":' * 100_000 + "1" + "}" * 100_000)
+    code, _, err = run_cli(capsys, "import", "image", str(NIH_PNG), "--out", str(tmp_path / "o"), "--coco", str(coco))
+    assert code == 2 and "nested too deep" in one_line_error(err, "coco.json")
+
+
+def test_sop_instance_uid_file_names_never_reach_the_cohort(tmp_path, capsys):
+    raw = pydicom.dcmread(SIIM, stop_before_pixels=True)
+    uid = str(raw.SOPInstanceUID)
+    named = tmp_path / f"{uid}.dcm"  # how PACS exports name their files
+    shutil.copy(SIIM, named)
+    out = tmp_path / "out"
+    code, _, _ = run_cli(capsys, "import", "dicom", str(named), "--out", str(out), "--json")
+    assert code == 0
+    written = [p for p in out.rglob("*") if p.is_file()]
+    for identifier in (uid, str(raw.StudyInstanceUID), str(raw.PatientID)):
+        for path in written:
+            assert identifier not in path.name and identifier.encode() not in path.read_bytes(), path.name
+    [case] = [read_case(p) for p in out.iterdir() if p.is_dir()]
+    assert case.cxr[0].source == dicom_header.dicom_source_name(named, raw)
+    assert case.cxr[0].source.startswith("file-") and case.cxr[0].source.endswith(".dcm")

@@ -68,8 +68,8 @@ def test_censored_bound_is_converted_too():
 
 @pytest.mark.parametrize("raw, reason", [
     ("see note", "text lab value"), ("hemolysed", "text lab value"), ("", "empty lab value"),
-    (None, "empty lab value"), ("NaN", "NaN or infinite lab value"), (float("nan"), "NaN or infinite lab value"),
-    (float("inf"), "NaN or infinite lab value"), ("1,200", "ambiguous decimal comma in lab value"),
+    (None, "empty lab value"), ("NaN", "NaN lab value"), (float("nan"), "NaN lab value"),
+    ("1,200", "ambiguous decimal comma in lab value"),
 ])
 def test_unusable_values_are_skipped_and_counted(raw, reason):
     report = ImportReport("t")
@@ -180,7 +180,7 @@ def test_csv_groups_rows_into_cases_and_counts_every_odd_item():
     enc2 = {r.code: r for r in cases["enc-002"].labs}
     assert enc2["wbc"].flag == "HH" and enc2["crp"].value == 12.5
     assert report.skipped == {
-        "text lab value": 3, "NaN or infinite lab value": 1, "negative value for sodium": 1,
+        "text lab value": 3, "NaN lab value": 1, "negative value for sodium": 1,
         "unknown unit for hemoglobin": 1, "duplicate lab result (same test, time and value)": 1,
         "case with no usable lab result": 1,
     }
@@ -243,3 +243,66 @@ def test_cli_bad_csv_files(tmp_path, capsys, content, problem):
     code, _, err = run_cli(capsys, "import", "labs-csv", str(bad), "--out", str(tmp_path / "c"))
     assert code == 2 and problem in one_line_error(err, "bad.csv")
     assert not (tmp_path / "c").exists()
+
+
+# ---------------------------------------------------------------- implausible values and malformed files
+
+HEADER = "case_id,name,value,unit,loinc\n"
+
+
+@pytest.mark.parametrize("row, problem", [
+    ("c1,Glucose,1e308,mg/dL,2345-7", "line 3: glucose value above the plausible maximum of 5000 mg/dL"),
+    ("c1,Glucose,600,mmol/L,2345-7", "line 3: glucose value above the plausible maximum"),  # checked after conversion
+    ("c1,Potassium,inf,mmol/L,2823-3", "line 3: infinite value for lab test potassium"),
+    ("c1,Ferritin,1e300,ng/mL,", "line 3: lab value beyond 1e+15"),  # not in the catalogue
+])
+def test_implausible_lab_value_stops_the_import_naming_file_and_line(tmp_path, capsys, row, problem):
+    # Before: silently kept (glucose 1e308 reached the model) or skipped as if it were text.
+    path = tmp_path / "labs.csv"
+    path.write_text(HEADER + "c1,Sodium,140,mmol/L,2951-2\n" + row + "\n")
+    code, _, err = run_cli(capsys, "import", "labs-csv", str(path), "--out", str(tmp_path / "out"))
+    assert code == 2 and problem in one_line_error(err, str(path))
+    assert not (tmp_path / "out").exists()
+    code, stdout, _ = run_cli(capsys, "import", "labs-csv", str(path), "--out", str(tmp_path / "out"), "--skip-bad",
+                              "--json")
+    summary = json.loads(stdout)
+    assert code == 0 and summary["skipped"]["implausible lab value"] == 1
+    [skipped] = summary["skipped_files"]
+    assert skipped["file"] == str(path) and problem in skipped["reason"]
+    [case] = [read_case(f) for f in (tmp_path / "out").iterdir() if f.is_dir()]
+    assert [r.code for r in case.labs] == ["sodium"]
+
+
+def test_every_catalogue_test_has_a_plausible_maximum_above_its_critical_limit():
+    from medfuse.knowledge.labs import load_lab_catalogue
+
+    for entry in load_lab_catalogue():
+        assert entry.plausible_max is not None, entry.key
+        assert entry.plausible_max > max(v for v in (*entry.ref, *entry.critical) if v is not None), entry.key
+
+
+@pytest.mark.parametrize("name, data, problem", [
+    ("empty.csv", b"", "empty file"),
+    ("junk.csv", bytes(range(256)) * 8, "binary content"),
+    ("utf16.csv", (HEADER + "c1,Glucose,5.5,mmol/L,2345-7\n").encode("utf-16"), "binary content"),
+    ("cols.csv", b"foo,bar\n1,2\n", "missing column(s)"),
+    ("header.csv", HEADER.encode(), "no case imported"),
+    ("notgz.csv.gz", b"plain text", "not a readable gzip file"),
+])
+def test_malformed_lab_files_are_one_line(tmp_path, capsys, name, data, problem):
+    path = tmp_path / name
+    path.write_bytes(data)
+    code, _, err = run_cli(capsys, "import", "labs-csv", str(path), "--out", str(tmp_path / "out"))
+    assert code == 2 and problem in one_line_error(err, name)
+    assert not (tmp_path / "out").exists()
+
+
+def test_skip_bad_skips_a_malformed_file_and_names_it(tmp_path, capsys):
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(b"foo,bar\n1,2\n")
+    code, stdout, _ = run_cli(capsys, "import", "labs-csv", str(LONG), str(bad), "--out", str(tmp_path / "out"),
+                              "--skip-bad", "--json")
+    summary = json.loads(stdout)
+    assert code == 0 and summary["cases_written"] == 2 and summary["skipped"]["unreadable lab CSV file"] == 1
+    [skipped] = summary["skipped_files"]
+    assert skipped["file"] == str(bad) and skipped["reason"].startswith("missing column(s)")

@@ -166,3 +166,38 @@ def test_read_or_skip_counts_with_skip_bad_and_raises_without(tmp_path):
     assert report.skipped == {"unreadable file": 1}
     with pytest.raises(InputError, match="cut short"):
         read_or_skip(report, False, "unreadable file", unreadable, tmp_path)
+
+
+# ---------------------------------------------------------------- every importer: --skip-bad, Ctrl-C
+
+@pytest.mark.parametrize("command", ["dicom", "image", "wfdb", "ecg-array", "fhir", "labs-csv", "mimic-iv"])
+def test_every_importer_offers_skip_bad(command):
+    # The README promises --skip-bad on every importer; fhir, labs-csv and mimic-iv lacked it.
+    import typer.main
+
+    from medfuse.cli.app import app
+
+    group = typer.main.get_command(app)
+    cmd = group.commands["import"].commands[command]
+    assert any("--skip-bad" in getattr(p, "opts", ()) for p in cmd.params)
+
+
+def test_ctrl_c_during_an_import_leaves_only_whole_cases(tmp_path, monkeypatch):
+    import medfuse.record.store as store
+
+    real = store._write_case_files
+    calls = []
+
+    def interrupted(case, folder):
+        calls.append(case.case_id)
+        if len(calls) == 2:
+            (folder / "partial.png").write_bytes(b"half")
+            raise KeyboardInterrupt
+        return real(case, folder)
+
+    monkeypatch.setattr(store, "_write_case_files", interrupted)
+    cases = (PatientCase(case_id=f"c{i}") for i in range(3))
+    with pytest.raises(KeyboardInterrupt):
+        write_cohort(cases, tmp_path / "cohort", ImportReport("t"), quiet=True)
+    names = sorted(p.name for p in (tmp_path / "cohort").iterdir())
+    assert names == ["c0", "index.parquet"]  # no temporary folder, the first case whole and indexed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -168,3 +169,103 @@ def test_index_and_patient_level_split(tmp_path):
     assert set(split["split"]) <= {"train", "val", "test"}
     with pytest.raises(ValueError):
         patient_split(df, fractions=(0.5, 0.5, 0.5))
+
+
+# ---------------------------------------------------------------- hostile case folders
+
+def _hostile_case(tmp_path: Path, **parts) -> Path:
+    (tmp_path / "secret.txt").write_text("SECRET")
+    folder = tmp_path / "case"
+    folder.mkdir()
+    (folder / "case.json").write_text(json.dumps({"case_id": "c1", **parts}))
+    return folder
+
+
+@pytest.mark.parametrize("name", ["../secret.txt", "../../etc/passwd", "/etc/passwd", "link.png"])
+@pytest.mark.parametrize("modality", ["cxr", "ecg"])
+def test_case_json_cannot_name_files_outside_its_folder(tmp_path, name, modality):
+    parts = {"cxr": [{"file": name}]} if modality == "cxr" else {"ecg": {"file": name, "fs": 500, "leads": ["I"]}}
+    folder = _hostile_case(tmp_path, **parts)
+    (folder / "link.png").symlink_to(tmp_path / "secret.txt")  # a link leading out counts as outside
+    (folder / "link.png.hea").symlink_to(tmp_path / "secret.txt")
+    with pytest.raises(InputError, match="outside the case folder"):
+        read_case(folder)
+
+
+def test_ecg_header_in_a_case_folder_cannot_name_data_outside_or_an_odd_rate(tmp_path):
+    folder = _hostile_case(tmp_path, ecg={"file": "ecg", "fs": 500, "leads": ["I"]})
+    (folder / "data.dat").symlink_to(tmp_path / "secret.txt")  # wfdb refuses '../' names, not links
+    (folder / "ecg.hea").write_text("ecg 1 500 4\ndata.dat 16 200 16 0 0 0 0 I\n")
+    with pytest.raises(InputError, match="outside the record's folder"):
+        read_case(folder)
+    (folder / "ecg.dat").write_bytes(np.zeros(4, dtype="<i2").tobytes())
+    (folder / "ecg.hea").write_text("ecg 1 -500 4\necg.dat 16 200 16 0 0 0 0 I\n")  # wfdb reads it as 250 Hz
+    with pytest.raises(InputError, match="implausible ECG sampling rate -500 Hz"):
+        read_case(folder)
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000 + "]" * 100_000, '{"a":' * 100_000 + "1" + "}" * 100_000,
+                                  "\x00\xff\xfe junk", ""])
+def test_malformed_case_json_is_one_input_error(tmp_path, text):
+    folder = tmp_path / "c"
+    folder.mkdir()
+    (folder / "case.json").write_bytes(text.encode("latin-1"))
+    with pytest.raises(InputError, match="invalid JSON"):
+        read_case(folder)
+
+
+def test_decompression_bomb_png_in_a_case_folder_is_refused(tmp_path):
+    import io
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (8, 8)).save(buf, format="PNG")
+    png = bytearray(buf.getvalue())
+    png[16:24] = struct.pack(">II", 60000, 60000)  # IHDR width, height
+    png[29:33] = struct.pack(">I", zlib.crc32(bytes(png[12:29])) & 0xFFFFFFFF)
+    folder = _hostile_case(tmp_path, cxr=[{"file": "cxr_0.png"}])
+    (folder / "cxr_0.png").write_bytes(bytes(png))
+    with pytest.raises(InputError, match="decompression bomb"):
+        read_case(folder)
+
+
+def test_case_json_with_infinite_lab_value_is_refused(tmp_path):
+    folder = _hostile_case(tmp_path, labs=[{"name": "Glucose", "value": float("inf")}])
+    with pytest.raises(InputError, match="labs.0.value"):
+        read_case(folder)
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_interrupted_write_leaves_no_temporary_folder(tmp_path, monkeypatch, overwrite):
+    import medfuse.record.store as store
+
+    if overwrite:
+        write_case(full_case(), tmp_path / "case-001")
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt  # Ctrl-C while the ECG is being written
+
+    monkeypatch.setattr(store, "write_wfdb", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_case(full_case(), tmp_path / "case-001")
+    assert [p.name for p in tmp_path.iterdir()] == (["case-001"] if overwrite else [])
+    if overwrite:
+        assert read_case(tmp_path / "case-001").case_id == "case-001"  # the old case is intact
+
+
+def test_interrupted_rename_puts_the_old_case_back(tmp_path, monkeypatch):
+    write_case(full_case(), tmp_path / "case-001")
+    real_rename = type(tmp_path).rename
+
+    def rename(self, target):
+        if self.name.startswith(".case-001.") and "old" not in self.name:
+            raise KeyboardInterrupt  # between moving the old case away and moving the new one in
+        return real_rename(self, target)
+
+    monkeypatch.setattr(type(tmp_path), "rename", rename)
+    with pytest.raises(KeyboardInterrupt):
+        write_case(full_case(), tmp_path / "case-001")
+    assert [p.name for p in tmp_path.iterdir()] == ["case-001"]

@@ -65,6 +65,8 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
         raise InputError(path, f"cannot read ({e.__class__.__name__})") from None
     except yaml.YAMLError as e:
         raise InputError(path, f"invalid YAML ({str(e).splitlines()[0]})") from None
+    except RecursionError:  # a hostile file nesting deeper than the parser's recursion limit
+        raise InputError(path, "invalid YAML (nested too deeply)") from None
     if loaded is not None and not isinstance(loaded, dict):
         raise InputError(path, "a config file must be a mapping of key: value")
     return loaded or {}

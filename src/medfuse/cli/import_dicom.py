@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from medfuse.cli.importing import JsonOption, OutOption, OverwriteOption, write_and_summarise
+from medfuse.cli.importing import JsonOption, OutOption, OverwriteOption, SkipBadOption, write_and_summarise
 from medfuse.errors import InputError
 from medfuse.io.base import ImportReport
 
@@ -15,7 +15,7 @@ def import_dicom_cmd(
     sources: list[Path] = typer.Argument(..., help="DICOM files, folders (searched recursively) or quoted globs."),
     out: OutOption = ...,
     overwrite: OverwriteOption = False,
-    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip and count unreadable files instead of stopping."),
+    skip_bad: SkipBadOption = False,
     all_modalities: bool = typer.Option(False, "--all-modalities",
                                         help="Also keep 2-D images that are not radiographs (CT, MR, ... slices)."),
     as_json: JsonOption = False,
@@ -34,7 +34,7 @@ def import_dicom_cmd(
     if not studies:
         raise InputError(sources[0], "no readable DICOM files found")
     cases = import_dicom(sources, report, skip_bad=skip_bad, all_modalities=all_modalities, studies=studies)
-    write_and_summarise(cases, out, report, len(studies), overwrite, as_json)
+    write_and_summarise(cases, out, report, len(studies), overwrite, as_json, sources=sources)
 
 
 def import_image_cmd(
@@ -46,7 +46,7 @@ def import_image_cmd(
     labels_csv: Path | None = typer.Option(None, "--labels-csv", help="NIH ChestX-ray14 style CSV ('Image Index', "
                                                                       "'Finding Labels' with '|' separators)."),
     overwrite: OverwriteOption = False,
-    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip and count unreadable images instead of stopping."),
+    skip_bad: SkipBadOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Import chest X-ray image files as one case per image, with optional COCO boxes or NIH labels."""
@@ -60,4 +60,4 @@ def import_image_cmd(
     coco_index = load_coco(coco, report) if coco is not None else None
     labels_table = load_labels_csv(labels_csv, report) if labels_csv is not None else None
     cases = import_images(sources, report, coco=coco_index, labels_csv=labels_table, skip_bad=skip_bad, files=files)
-    write_and_summarise(cases, out, report, len(files), overwrite, as_json)
+    write_and_summarise(cases, out, report, len(files), overwrite, as_json, sources=sources)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from medfuse.cli.importing import JsonOption, OutOption, OverwriteOption, write_and_summarise
+from medfuse.cli.importing import JsonOption, OutOption, OverwriteOption, SkipBadOption, write_and_summarise
 from medfuse.errors import InputError
 from medfuse.io.base import ImportReport
 
@@ -16,7 +16,7 @@ def import_wfdb_cmd(
                                                    "signal files (.dat/.mat) or folders (searched recursively)."),
     out: OutOption = ...,
     overwrite: OverwriteOption = False,
-    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip and count unreadable records instead of stopping."),
+    skip_bad: SkipBadOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Import PhysioNet WFDB records (MIT-BIH, PTB, PTB-XL, CinC) as one case per record."""
@@ -27,7 +27,7 @@ def import_wfdb_cmd(
         raise InputError(sources[0], "no WFDB records (.hea files) found")
     report = ImportReport(source="wfdb")
     cases = import_wfdb(sources, report, skip_bad=skip_bad, records=records)
-    write_and_summarise(cases, out, report, len(records), overwrite, as_json)
+    write_and_summarise(cases, out, report, len(records), overwrite, as_json, sources=sources)
 
 
 def import_ecg_array_cmd(
@@ -39,16 +39,19 @@ def import_ecg_array_cmd(
                                                            "for .npy and header-less CSV; selects columns otherwise."),
     unit: str = typer.Option("mV", "--unit", help="Unit of the values: mV or uV."),
     overwrite: OverwriteOption = False,
-    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip and count unreadable files instead of stopping."),
+    skip_bad: SkipBadOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Import plain ECG arrays (CSV or NumPy) with a declared sampling rate, one case per file."""
     from medfuse.io.ecg_array import find_array_files, import_ecg_array
     from medfuse.io.ecg_leads import units_per_mv
+    from medfuse.record.case import sampling_rate_problem
 
     # Checked before anything is written: these are mistakes in the command, not in a file.
     if fs is None:
         raise InputError(sources[0], "no sampling rate: give --fs in Hz (it is never guessed)")
+    if sampling_rate_problem(fs):
+        raise InputError(None, f"--fs: {sampling_rate_problem(fs)}")
     if units_per_mv(unit) is None:
         raise InputError(None, f"--unit '{unit}' is not a voltage (use mV or uV)")
     lead_names = [x.strip() for x in leads.split(",") if x.strip()] if leads else None
@@ -59,4 +62,4 @@ def import_ecg_array_cmd(
         raise InputError(sources[0], "no CSV or .npy files found")
     report = ImportReport(source="ecg-array")
     cases = import_ecg_array(sources, report, fs=fs, leads=lead_names, unit=unit, skip_bad=skip_bad, files=files)
-    write_and_summarise(cases, out, report, len(files), overwrite, as_json)
+    write_and_summarise(cases, out, report, len(files), overwrite, as_json, sources=sources)

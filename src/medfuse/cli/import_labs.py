@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from medfuse.cli.importing import JsonOption, OutOption, OverwriteOption, write_and_summarise
+from medfuse.cli.importing import JsonOption, OutOption, OverwriteOption, SkipBadOption, write_and_summarise
 from medfuse.io.base import ImportReport
 
 
@@ -21,6 +21,7 @@ def import_labs_csv_cmd(
     catalogue: Path | None = typer.Option(None, "--catalogue", help="Lab catalogue YAML to map tests and units "
                                                                     "(default: the bundled one)."),
     overwrite: OverwriteOption = False,
+    skip_bad: SkipBadOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Import lab results (one row per result) as one case per case id.
@@ -36,5 +37,6 @@ def import_labs_csv_cmd(
     column_map = LabsCsvMapping.from_options(map_, mapping)
     cat = load_lab_catalogue(catalogue)
     # Every file is read and checked before the first case is written.
-    cases = read_labs_csv(sources, report, column_map, cat)
-    write_and_summarise(import_labs_csv(sources, report, cases=cases), out, report, len(cases), overwrite, as_json)
+    cases = read_labs_csv(sources, report, column_map, cat, skip_bad=skip_bad)
+    write_and_summarise(import_labs_csv(sources, report, cases=cases), out, report, len(cases), overwrite, as_json,
+                        sources=sources)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from medfuse.cli.importing import JsonOption, OutOption, OverwriteOption, write_and_summarise
+from medfuse.cli.importing import JsonOption, OutOption, OverwriteOption, SkipBadOption, write_and_summarise
 from medfuse.io.base import ImportReport
 
 
@@ -23,6 +23,7 @@ def import_mimic_cmd(
     panel_file: Path | None = typer.Option(None, "--panel", help="Disease panel YAML (default: the built-in "
                                                                  "nine-disease panel)."),
     overwrite: OverwriteOption = False,
+    skip_bad: SkipBadOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Import MIMIC-IV hosp tables: one case per admission with demographics, labs and diagnoses.
@@ -41,5 +42,5 @@ def import_mimic_cmd(
     if limit is not None:
         total = min(total, limit)
     cases = import_mimic_iv(root, report, window_hours=window_hours, panel=panel, limit=limit,
-                            include_ed_labs=include_ed_labs)
-    write_and_summarise(cases, out, report, total, overwrite, as_json)
+                            include_ed_labs=include_ed_labs, skip_bad=skip_bad)
+    write_and_summarise(cases, out, report, total, overwrite, as_json, sources=[root])

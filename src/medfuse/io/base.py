@@ -10,6 +10,8 @@ into a cohort folder is `medfuse.io.cohort.write_cohort`.
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -29,10 +31,18 @@ class ImportReport:
     skipped: Counter = field(default_factory=Counter)  # reason -> count
     notes: Counter = field(default_factory=Counter)  # reason -> count: kept but changed (unit converted, ...)
     per_disease: Counter = field(default_factory=Counter)
+    # (path as the user gave it, reason) for each whole file skipped with --skip-bad
+    skipped_files: list[tuple[str, str]] = field(default_factory=list)
 
     def skip(self, reason: str, n: int = 1) -> None:
         """Record an item dropped from the output, with a short reason (no patient data)."""
         self.skipped[reason] += n
+
+    def skip_file(self, error: InputError, reason: str) -> None:
+        """Record a whole input file skipped (`--skip-bad`): counted under `reason`, and
+        listed by the path the user gave with the problem `error` names."""
+        self.skipped[reason] += 1
+        self.skipped_files.append((error.path or "", error.problem))
 
     def note(self, reason: str, n: int = 1) -> None:
         """Record an item kept but changed or marked (converted unit, censored value)."""
@@ -45,6 +55,7 @@ class ImportReport:
             "skipped": dict(sorted(self.skipped.items())),
             "notes": dict(sorted(self.notes.items())),
             "per_disease": dict(sorted(self.per_disease.items())),
+            "skipped_files": [{"file": path, "reason": reason} for path, reason in self.skipped_files],
         }
 
 
@@ -67,10 +78,44 @@ def expand_paths(sources: Iterable[str | Path], patterns: tuple[str, ...] = ("*"
     return list(dict.fromkeys(sorted(out)))
 
 
+def pseudonym(value: str, prefix: str, length: int = 12) -> str:
+    """A short, stable, non-reversible-looking id for an identifier (UID, patient ID).
+
+    >>> pseudonym("1.2.3", "dcm")
+    'dcm-c47f5b18b8a4'
+
+    The same input always gives the same id, so a patient's studies stay together in
+    patient-level splits. Short identifiers can be found again by trying every value, so
+    treat the result as a pseudonym, not as anonymisation.
+    """
+    digest = hashlib.sha256(value.strip().encode("utf-8")).hexdigest()[:length]
+    return f"{prefix}-{digest}"
+
+
+def scrubbed_name(name: str, identifiers: Iterable[str], prefix: str = "file") -> str:
+    """A file name safe to store in a case: `name` itself, or its pseudonym (suffix kept)
+    when it contains one of `identifiers` (a UID, a patient id or name).
+
+    Exports often name files after what they hold ('<SOP Instance UID>.dcm',
+    'Jane_Doe_<patient uuid>.json'); such a name would carry the identifier into the
+    cohort. Identifiers of 8 characters or more are matched anywhere in the name, shorter
+    ones only as a whole word, so a Patient id '1' does not hide every name with a 1.
+
+    >>> scrubbed_name("chest.png", ["1.2.840.1234"]), scrubbed_name("1.2.840.1234.dcm", ["1.2.840.1234"])
+    ('chest.png', 'file-3b54b7bc5e5d.dcm')
+    """
+    words = {w.lower() for w in re.split(r"[^A-Za-z0-9]+", name) if w}
+    lower = name.lower()
+    for ident in identifiers:
+        ident = str(ident or "").strip().lower()
+        if len(ident) >= 8 and ident in lower or ident and ident in words:
+            suffix = re.search(r"(\.[A-Za-z][A-Za-z0-9]{0,5}){0,2}$", name).group(0)  # '.dcm', '.json.gz'
+            return pseudonym(name, prefix) + suffix
+    return name
+
+
 def safe_case_id(text: str) -> str:
     """A case id made of [A-Za-z0-9._-] from any string (file stems, record names)."""
-    import re
-
     s = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._-")
     return s or "case"
 
@@ -101,10 +146,10 @@ def read_or_skip(report: ImportReport, skip_bad: bool, reason: str, read: Callab
     """
     try:
         return read(*args)
-    except InputError:
+    except InputError as e:
         if not skip_bad:
             raise
-        report.skip(reason)
+        report.skip_file(e, reason)
         return None
 
 

@@ -22,6 +22,8 @@ from medfuse.io.base import ImportReport
 from medfuse.record.case import PatientCase
 from medfuse.record.store import CASE_FILE, write_case, write_index
 
+ALREADY_IN_COHORT = "case already in the cohort (use --overwrite)"
+
 
 def write_cohort(cases: Iterable[PatientCase], out: Path, report: ImportReport, total: int | None = None,
                  overwrite: bool = False, quiet: bool = False) -> ImportReport:
@@ -47,7 +49,7 @@ def write_cohort(cases: Iterable[PatientCase], out: Path, report: ImportReport, 
             seen.add(case.case_id)
             target = out / case.case_id
             if target.exists() and not overwrite and (target / CASE_FILE).exists():
-                report.skip("case already in the cohort (use --overwrite)")
+                report.skip(ALREADY_IN_COHORT)
                 continue
             write_case(case, target)
             report.cases_written += 1
@@ -76,4 +78,9 @@ def import_summary(report: ImportReport) -> RenderableType:
                 # escape: reasons hold UCUM units such as '[degF]' or 'mm[Hg]', which rich reads as markup.
                 table.add_row(f"  {escape(reason)}", str(count))
             parts.append(table)
+    if report.skipped_files:
+        table = Table(title="skipped files", title_justify="left", show_header=False, box=None, pad_edge=False)
+        for path, problem in report.skipped_files:
+            table.add_row(f"  {escape(path)}", escape(problem))
+        parts.append(table)
     return Group(*parts)

@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 
 from medfuse.errors import InputError
-from medfuse.io.base import ImportReport, expand_paths
-from medfuse.io.dicom_header import dicom_demographics, pseudonym, study_time
+from medfuse.io.base import ImportReport, expand_paths, pseudonym
+from medfuse.io.dicom_header import dicom_demographics, dicom_source_name, study_time
 from medfuse.record.case import ECG, CXRImage, PatientCase
 
 # Projection radiography (CR, DX and the older RG/DR) plus objects that often carry a
@@ -161,6 +161,7 @@ def dicom_display_pixels(ds, name: str | Path, report: ImportReport | None = Non
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1:
         raise InputError(name, f"DICOM object is a 3-D volume ({frames} frames); a single 2-D image is expected")
+    _check_pixel_count(ds, name)
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     try:
         raw = ds.pixel_array
@@ -204,6 +205,21 @@ def dicom_display_pixels(ds, name: str | Path, report: ImportReport | None = Non
         # exact mirror) so that 0 is black as in MONOCHROME2.
         pixels = out_dtype(out_max) - pixels
     return pixels
+
+
+def _check_pixel_count(ds, name: str | Path) -> None:
+    """Refuse to decode more pixels than Pillow's decompression-bomb limit: a compressed
+    frame of a few bytes can declare 65535 x 65535 pixels, gigabytes once decoded. The same
+    limit as for PNG/JPEG (`Image.MAX_IMAGE_PIXELS`), so no image format is a way around it."""
+    from PIL import Image
+
+    rows, cols = _int(ds.get("Rows")), _int(ds.get("Columns"))
+    samples = max(1, _int(ds.get("SamplesPerPixel"), 1))
+    if rows <= 0 or cols <= 0:
+        raise InputError(name, "DICOM image has no size (Rows/Columns missing or 0)")
+    if Image.MAX_IMAGE_PIXELS and rows * cols * samples > Image.MAX_IMAGE_PIXELS:
+        raise InputError(name, f"DICOM image of {rows} x {cols} pixels is larger than {Image.MAX_IMAGE_PIXELS} "
+                               "pixels (refused as a possible decompression bomb)")
 
 
 def _apply_voi(values: np.ndarray, ds, name: str | Path, report: ImportReport | None) -> tuple[np.ndarray, float, float]:
@@ -266,7 +282,7 @@ def read_dicom_image(source: str | Path | Any, report: ImportReport | None = Non
     return CXRImage(
         pixels=pixels,
         view=_view(ds),
-        source=Path(str(name)).name,
+        source=dicom_source_name(name, ds),
         pixel_spacing_mm=_pixel_spacing(ds, report),
     )
 
@@ -324,7 +340,7 @@ def find_dicom_studies(paths: Iterable[str | Path], report: ImportReport, skip_b
                 continue
             if not skip_bad:
                 raise
-            report.skip("unreadable DICOM file")
+            report.skip_file(e, "unreadable DICOM file")
             continue
         if str(getattr(ds.file_meta, "MediaStorageSOPClassUID", "")) == _DICOMDIR_SOP_CLASS:
             report.skip("DICOMDIR index file")
@@ -385,17 +401,17 @@ def import_dicom(paths: Iterable[str | Path], report: ImportReport, skip_bad: bo
                         report.skip("second DICOM ECG in the same study")
                     else:
                         ecg = ecg_dicom.read_dicom_ecg(ds, report)
-                        ecg.source = path.name
+                        ecg.source = dicom_source_name(path, ds)
                 if has_pixels:
                     images.append(read_dicom_image(ds, report))
             except InputError as e:
+                # Name the file as the user gave it, even when the dataset was passed on.
                 if not skip_bad:
-                    # Name the file as the user gave it, even when the dataset was passed on.
                     raise InputError(path, e.problem) from None
-                report.skip("unreadable DICOM file")
+                report.skip_file(InputError(path, e.problem), "unreadable DICOM file")
                 continue
             first_ds = first_ds if first_ds is not None else ds
-            sources.append(path.name)
+            sources.append(dicom_source_name(path, ds))
             if modality:
                 modalities.add(modality)
         if first_ds is None or (not images and ecg is None):

@@ -9,26 +9,30 @@ gives the same case id, patient id and demographics.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import re
+from pathlib import Path
 from typing import Any
 
-from medfuse.io.base import ImportReport
+from medfuse.io.base import ImportReport, pseudonym, scrubbed_name  # noqa: F401 - pseudonym re-exported
 from medfuse.record.case import Demographics
 
 
-def pseudonym(value: str, prefix: str, length: int = 12) -> str:
-    """A short, stable, non-reversible-looking id for an identifier (UID, patient ID).
+# A DICOM UID (PS3.5 9.1): dotted digits. Any in a file name is one of the study's UIDs.
+_UID_IN_NAME = re.compile(r"\d+(\.\d+){3,}")
+_IDENTIFYING_KEYWORDS = ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "PatientID", "AccessionNumber")
 
-    >>> pseudonym("1.2.3", "dcm")
-    'dcm-c47f5b18b8a4'
 
-    The same input always gives the same id, so a patient's studies stay together in
-    patient-level splits. Short identifiers can be found again by trying every value, so
-    treat the result as a pseudonym, not as anonymisation.
-    """
-    digest = hashlib.sha256(value.strip().encode("utf-8")).hexdigest()[:length]
-    return f"{prefix}-{digest}"
+def dicom_source_name(path: str | Path, ds) -> str:
+    """The file name to store as a DICOM object's source: the name itself, or a pseudonym
+    when it holds a UID or one of the header's identifiers (PACS exports name files
+    '<SOP Instance UID>.dcm'; some use the Patient ID or the patient's name)."""
+    name = Path(str(path)).name
+    identifiers = [str(ds.get(k, "") or "") for k in _IDENTIFYING_KEYWORDS]
+    patient_name = ds.get("PatientName")
+    if patient_name:
+        identifiers.extend(part for part in re.split(r"[\^=\s]+", str(patient_name)) if len(part) > 1)
+    identifiers.extend(m.group(0) for m in _UID_IN_NAME.finditer(name))
+    return scrubbed_name(name, identifiers)
 
 
 def parse_dicom_age(text: str | None) -> float | None:

@@ -9,7 +9,6 @@ second row of units ('mV', 'NU'), has its per-column units read from that row.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -24,7 +23,7 @@ from medfuse.io.ecg_leads import (
     standard_lead_name,
     units_per_mv,
 )
-from medfuse.record.case import ECG, PatientCase
+from medfuse.record.case import ECG, PatientCase, sampling_rate_problem
 
 ARRAY_SUFFIXES = (".csv", ".tsv", ".txt", ".npy")
 
@@ -49,8 +48,8 @@ def read_ecg_array(path: str | Path, fs: float | None, leads: list[str] | None =
     path = Path(path)
     if fs is None:
         raise InputError(path, "no sampling rate: give --fs in Hz (it is never guessed)")
-    if not math.isfinite(fs) or fs <= 0:
-        raise InputError(path, f"sampling rate must be a positive number of Hz, got {fs}")
+    if sampling_rate_problem(fs):
+        raise InputError(path, sampling_rate_problem(fs))
     if units_per_mv(unit) is None:
         raise InputError(path, f"unit '{unit}' is not a voltage (use mV or uV)")
     if not path.is_file():

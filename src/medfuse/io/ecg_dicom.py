@@ -19,15 +19,15 @@ import numpy as np
 from pydicom.multival import MultiValue
 
 from medfuse.errors import InputError
-from medfuse.io.base import ImportReport, expand_paths, read_or_skip
-from medfuse.io.dicom_header import dicom_demographics, pseudonym
+from medfuse.io.base import ImportReport, expand_paths, pseudonym, read_or_skip
+from medfuse.io.dicom_header import dicom_demographics, dicom_source_name
 from medfuse.io.ecg_leads import (
     lead_from_label,
     non_ecg_reason,
     standard_order,
     units_per_mv,
 )
-from medfuse.record.case import ECG, PatientCase
+from medfuse.record.case import ECG, PatientCase, sampling_rate_problem
 
 # SCP-ECG lead codes (DICOM CID 3001 'ECG Leads', scheme SCPECG) for channels whose Code
 # Meaning is missing. The code value is 'MDC/SCP' style '5.6.3-9-<n>'.
@@ -114,15 +114,19 @@ def read_dicom_ecg(source: str | Path | Any, report: ImportReport | None = None)
     elif report is not None:
         report.note("waveform channels not on one shared ADC grid, stored at 1 uV")
 
-    fs = float(group.get("SamplingFrequency") or 0)
-    if fs <= 0:
+    raw_fs = group.get("SamplingFrequency")
+    if raw_fs in (None, ""):
         raise InputError(name, "waveform has no sampling frequency")
+    problem = sampling_rate_problem(raw_fs)
+    if problem:
+        raise InputError(name, problem)
+    fs = float(raw_fs)
     return ECG(
         signal=signal,
         fs=fs,
         leads=leads,
         adc_gain=adc_gain,
-        source=Path(name).name if name else None,
+        source=dicom_source_name(name, ds) if name else None,
         annotations=_annotations(ds, group_index),
     )
 
@@ -306,7 +310,7 @@ def import_dicom_ecg(paths: Iterable[str | Path], report: ImportReport, skip_bad
         ecg = read_or_skip(report, skip_bad, "unreadable DICOM waveform", read_dicom_ecg, ds, report)
         if ecg is None:
             continue
-        ecg.source = path.name
+        ecg.source = dicom_source_name(path, ds)
         patient = str(ds.get("PatientID", "") or "").strip()
         # Same ids as `medfuse import dicom` (hashes of the study UID and patient ID, never
         # the raw identifiers), so one study imported either way is one case.
@@ -317,7 +321,7 @@ def import_dicom_ecg(paths: Iterable[str | Path], report: ImportReport, skip_bad
             time=_acquisition_time(ds),
             demographics=dicom_demographics(ds, report),
             ecg=ecg,
-            provenance={"importer": "dicom-ecg", "source": path.name, "sop_class": str(ds.get("SOPClassUID", "")),
+            provenance={"importer": "dicom-ecg", "source": ecg.source, "sop_class": str(ds.get("SOPClassUID", "")),
                         "pydicom": pydicom.__version__},
         )
 

@@ -7,8 +7,10 @@ pooled, so a bulk export split into `Patient.ndjson`, `Encounter.ndjson`,
 
 - Patient: sex (`gender`) and age at the encounter (from `birthDate`; a partial date
   '1950' or '1950-03' is read as mid-year / mid-month);
-- Encounter: one case each (`fhir-<encounter id>`), case time = `period.start`. A
-  patient without any Encounter gets one case (`fhir-<patient id>`);
+- Encounter: one case each (`fhir-<hash of the encounter id>`), case time =
+  `period.start`. A patient without any Encounter gets one case (`fhir-<hash of the
+  patient id>`); `patient_id` is `pt-<hash of the patient id>`. Raw ids never reach the
+  cohort, nor do file names holding them or a patient's name;
 - Observation, category `laboratory` or a catalogue LOINC: a `LabResult` through
   `make_lab_result` (`valueQuantity` with its UCUM code and comparator, `valueString`,
   `referenceRange`, `interpretation`, effective time, specimen type as the fluid);
@@ -24,7 +26,8 @@ pooled, so a bulk export split into `Patient.ndjson`, `Encounter.ndjson`,
   `presentedForm`; DocumentReference text attachments become notes;
 - DocumentReference / Media attachments and ImagingStudy endpoints that point at local
   files (relative to the file holding the resource, or `file://` URLs) are loaded as
-  images (PNG/JPEG, DICOM) or ECGs (WFDB, DICOM waveform).
+  images (PNG/JPEG, DICOM) or ECGs (WFDB, DICOM waveform). The file must lie inside the
+  folder of the FHIR file that names it; a reference leading out of it is refused.
 
 A resource that links to an encounter goes to that encounter's case; one that only names
 its patient goes to the patient's encounter whose period holds its time. Every resource
@@ -54,7 +57,7 @@ from urllib.parse import unquote, urlparse
 from pydantic import ValidationError
 
 from medfuse.errors import InputError
-from medfuse.io.base import ImportReport, expand_paths, read_source_bytes, safe_case_id
+from medfuse.io.base import ImportReport, expand_paths, pseudonym, read_source_bytes, scrubbed_name
 from medfuse.io.labs_common import dedupe_labs, make_lab_result
 from medfuse.io.labs_csv import parse_range
 from medfuse.knowledge.labs import LabCatalogue, load_lab_catalogue, normalise_unit
@@ -70,6 +73,7 @@ from medfuse.record.case import (
     PatientCase,
     VitalSigns,
 )
+from medfuse.record.store import loads_json, path_inside
 
 FHIR_SUFFIXES: tuple[str, ...] = (".json", ".ndjson", ".jsonl", ".json.gz", ".ndjson.gz", ".jsonl.gz")
 LOINC = "http://loinc.org"
@@ -176,18 +180,14 @@ def parse_fhir_file(path: str | Path) -> list[dict]:
     if not ndjson:
         try:
             objects = [json.loads(text)]
-        except json.JSONDecodeError as e:
-            if e.msg != "Extra data":
-                raise InputError(path, f"malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+        except (json.JSONDecodeError, RecursionError) as e:
+            if getattr(e, "msg", None) != "Extra data":
+                loads_json(text, path)  # raises the one-line InputError (position, or nested too deep)
             ndjson = True  # several objects, one per line: NDJSON with a .json name
     if ndjson:
         for line_no, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                objects.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise InputError(path, f"malformed JSON at line {line_no} column {e.colno}: {e.msg}") from None
+            if line.strip():
+                objects.append(loads_json(line, path, line=line_no))
     for i, obj in enumerate(objects):
         if not isinstance(obj, dict) or not isinstance(obj.get("resourceType"), str):
             where = f"line {i + 1}" if ndjson else "top level"
@@ -226,10 +226,10 @@ def _validate(raw: dict, path: Path, full_url: str | None, report: ImportReport)
         report.skip(f"{rtype} resource not imported" if known else "unknown FHIR resource type")
         return None
     fixed = [0]
-    data = _add_utc_offsets(raw, fixed)
     try:
+        data = _add_utc_offsets(raw, fixed)
         model = _model_class(rtype).model_validate(data)
-    except (ValidationError, ValueError, TypeError):
+    except (ValidationError, ValueError, TypeError, RecursionError):  # RecursionError: nested absurdly deep
         report.skip(f"invalid {rtype} resource (fails FHIR R4 validation)")
         return None
     if fixed[0]:
@@ -255,17 +255,26 @@ def _resources_in(obj: dict, path: Path, full_url: str | None, report: ImportRep
         out.append(item)
 
 
-def read_fhir_resources(paths: Iterable[str | Path], report: ImportReport) -> list[FhirResource]:
+def read_fhir_resources(paths: Iterable[str | Path], report: ImportReport, skip_bad: bool = False) -> list[FhirResource]:
     """Every usable resource in the files (Bundles unpacked), validated. Raises `InputError`
-    for a file that is missing, not JSON/NDJSON, or not FHIR."""
+    for a file that is missing, not JSON/NDJSON, or not FHIR (with `skip_bad`: the file is
+    skipped and listed in `report`)."""
     paths = list(paths)
     files = find_fhir_files(paths)
     if not files:
         raise InputError(paths[0] if paths else None, "no FHIR JSON/NDJSON files found")
     out: list[FhirResource] = []
     for path in files:
-        for obj in parse_fhir_file(path):
-            _resources_in(obj, path, None, report, out)
+        found: list[FhirResource] = []
+        try:
+            for obj in parse_fhir_file(path):
+                _resources_in(obj, path, None, report, found)
+        except InputError as e:
+            if not skip_bad:
+                raise
+            report.skip_file(e, "unreadable FHIR file")
+            continue
+        out.extend(found)
     return out
 
 
@@ -341,8 +350,9 @@ def _strip_html(text: str) -> str:
 class _Pool:
     """The validated resources with reference lookup by 'Type/id' and fullUrl."""
 
-    def __init__(self, resources: list[FhirResource]):
+    def __init__(self, resources: list[FhirResource], skip_bad: bool = False):
         self.resources = resources
+        self.skip_bad = skip_bad  # a file reference outside the input: skip it (True) or stop
         self.by_ref: dict[str, FhirResource] = {}
         for r in resources:
             if r.id:
@@ -411,6 +421,7 @@ class FhirInput:
     cases: list[_CaseParts]
     patients: dict[str, FhirResource]
     report: ImportReport
+    identifiers: list[str] = field(default_factory=list)  # raw ids and names, kept out of stored file names
 
 
 # ---------------------------------------------------------------- grouping into cases
@@ -483,7 +494,8 @@ class _Grouper:
                 label = self.patients[enc_key].label
             else:
                 label = re.split(r"[:/]", enc_key)[-1]
-            parts = self.cases[enc_key] = _CaseParts(case_id=f"fhir-{safe_case_id(label)}", patient_key=patient_key,
+            # A hash of the FHIR id, never the id itself: ids are often MRNs or carry them.
+            parts = self.cases[enc_key] = _CaseParts(case_id=pseudonym(label, "fhir"), patient_key=patient_key,
                                                      encounter=enc)
         return parts
 
@@ -625,7 +637,8 @@ def _observation_labs(item: FhirResource, pool: _Pool, report: ImportReport, cat
                                              unit, report)
         result = make_lab_result(name, raw, unit, loinc=loinc, ref_low=ref_low, ref_high=ref_high,
                                  flag=_interpretation(holder) or _interpretation(m), time=time,
-                                 fluid=_fluid(m, pool), report=report, catalogue=cat)
+                                 fluid=_fluid(m, pool), report=report, catalogue=cat, source=item.path,
+                                 where="an Observation", skip_bad=pool.skip_bad)
         if result is not None:
             out.append(result)
     return out
@@ -780,18 +793,34 @@ def _condition(item: FhirResource, parts: _CaseParts, panel: Panel, report: Impo
 
 # ---------------------------------------------------------------- attachments and reports
 
-def _local_path(url: str | None, base: Path) -> Path | None:
-    """A local file an attachment URL names (relative to the FHIR file, or file://), else None."""
+def _local_path(url: str | None, item: FhirResource, pool: _Pool, report: ImportReport) -> Path | None:
+    """The local file an attachment URL or endpoint address of `item` names (relative to
+    the FHIR file holding it, an absolute path or a file:// URL), else None (a remote URL).
+
+    The file must lie inside the folder of that FHIR file (the input tree): a '../' path,
+    an absolute path or a link leading elsewhere raises `InputError` naming the FHIR file
+    (with `--skip-bad`: skipped and counted), so an input can never make medfuse copy a
+    file the user did not give it (a note holding /etc/passwd).
+    """
     if not url:
         return None
     parsed = urlparse(url)
     if parsed.scheme == "file":
-        p = Path(unquote(parsed.path))
-        return p if p.is_absolute() else base / p
-    if parsed.scheme and len(parsed.scheme) > 1:  # http, urn, ... (a one-letter scheme is a Windows drive)
+        if parsed.netloc not in ("", "localhost"):
+            return None  # a file on another host: remote
+        reference = Path(unquote(parsed.path))
+    elif parsed.scheme and len(parsed.scheme) > 1:  # http, urn, ... (a one-letter scheme is a Windows drive)
         return None
-    p = Path(unquote(url))
-    return p if p.is_absolute() else base / p
+    else:
+        reference = Path(unquote(url))
+    base = item.path.parent
+    if path_inside(base, reference) is None:
+        error = InputError(item.path, f"{item.type} names a file outside the folder of this FHIR file")
+        if not pool.skip_bad:
+            raise error
+        report.skip_file(error, "file reference outside the input folder")
+        return None
+    return base / reference
 
 
 def _attachment_kind(content_type: str | None, name: str) -> str | None:
@@ -809,7 +838,7 @@ def _attachment_kind(content_type: str | None, name: str) -> str | None:
     return None
 
 
-def _attachment_text(att: Any, base: Path, pool: _Pool, report: ImportReport) -> str | None:
+def _attachment_text(att: Any, item: FhirResource, pool: _Pool, report: ImportReport) -> str | None:
     """The text of a text attachment (inline data, a Binary in the input, or a local file)."""
     ct = (getattr(att, "contentType", None) or "text/plain").lower()
     data = getattr(att, "data", None)
@@ -822,7 +851,7 @@ def _attachment_text(att: Any, base: Path, pool: _Pool, report: ImportReport) ->
             raw = binary.model.data
             ct = (binary.model.contentType or ct).lower()
         else:
-            path = _local_path(att.url, base)
+            path = _local_path(att.url, item, pool, report)
             if path is None:
                 report.skip("remote attachment not fetched")
                 return None
@@ -870,7 +899,7 @@ def _diagnostic_report(item: FhirResource, parts: _CaseParts, pool: _Pool, repor
             report.skip(f"non-text report form ({(att.contentType or 'unknown type').split(';')[0]})")
             other_forms += 1
             continue
-        text = _attachment_text(att, item.path.parent, pool, report)
+        text = _attachment_text(att, item, pool, report)
         if text and text not in texts:
             texts.append(text)
     if not texts:
@@ -901,12 +930,11 @@ def _attachments(item: FhirResource, parts: _CaseParts, pool: _Pool, report: Imp
     if not atts:
         report.skip(f"{item.type} without an attachment")
         return
-    base = item.path.parent
     for att in atts:
         name = att.url or ""
         kind = _attachment_kind(att.contentType, name)
         if kind == "text":
-            text = _attachment_text(att, base, pool, report)
+            text = _attachment_text(att, item, pool, report)
             if text is None:
                 continue
             if set(_codes(doc_type, LOINC)) & _IMAGING_REPORT_LOINC:
@@ -922,7 +950,7 @@ def _attachments(item: FhirResource, parts: _CaseParts, pool: _Pool, report: Imp
             data = att.data if isinstance(att.data, bytes) else base64.b64decode(att.data)
             parts.attachments.append((data, kind))
             continue
-        path = _local_path(att.url, base)
+        path = _local_path(att.url, item, pool, report)
         if path is None:
             report.skip("remote attachment not fetched" if att.url else f"{item.type} attachment without data or url")
             continue
@@ -938,11 +966,13 @@ def _imaging_study(item: FhirResource, parts: _CaseParts, pool: _Pool, report: I
     for ref in endpoints:
         ep = pool.resolve(ref, "Endpoint")
         address = getattr(ep.model, "address", None) if ep is not None else None
-        path = _local_path(address, ep.path.parent) if address else None
+        path = _local_path(address, ep, pool, report) if address else None
         if path is None:
             continue
         if path.is_dir():
-            paths.extend(sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")))
+            # A link inside the folder may still lead out of it: keep only files inside.
+            paths.extend(sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")
+                                and path_inside(ep.path.parent, p) is not None))
         else:
             paths.append(path)
     if not paths:
@@ -955,12 +985,13 @@ def _imaging_study(item: FhirResource, parts: _CaseParts, pool: _Pool, report: I
 # ---------------------------------------------------------------- building the cases
 
 def read_fhir(paths: Iterable[str | Path], report: ImportReport, panel: Panel | None = None,
-              catalogue: LabCatalogue | None = None) -> FhirInput:
+              catalogue: LabCatalogue | None = None, skip_bad: bool = False) -> FhirInput:
     """Read, validate and group every resource of the FHIR files into cases. Files named by
-    attachments are not opened yet. Raises `InputError` for an unreadable file."""
+    attachments are not opened yet. Raises `InputError` for an unreadable file or a file
+    reference outside the input folder (with `skip_bad`: skipped and listed in `report`)."""
     panel = panel or load_panel()
     cat = catalogue or load_lab_catalogue()
-    pool = _Pool(read_fhir_resources(paths, report))
+    pool = _Pool(read_fhir_resources(paths, report, skip_bad), skip_bad=skip_bad)
     grouper = _Grouper(pool, report)
     for item in pool.resources:
         if item.type not in CLINICAL_TYPES:
@@ -999,7 +1030,7 @@ def read_fhir(paths: Iterable[str | Path], report: ImportReport, panel: Panel | 
             report.skip("Encounter with no clinical data")
             continue
         cases.append(parts)
-    return FhirInput(cases=cases, patients=grouper.patients, report=report)
+    return FhirInput(cases=cases, patients=grouper.patients, report=report, identifiers=_identifiers(pool))
 
 
 def _age(birth: Any, at: dt.datetime | None) -> float | None:
@@ -1094,6 +1125,8 @@ def _build(parts: _CaseParts, data: FhirInput) -> PatientCase:
                 continue
             seen_files.add(resolved)
             loaded = _load_attachment(source, kind, report)
+        if loaded is not None and loaded.source:
+            loaded.source = scrubbed_name(loaded.source, data.identifiers)
         if isinstance(loaded, CXRImage):
             cxr.append(loaded)
         elif isinstance(loaded, ECG):
@@ -1110,7 +1143,7 @@ def _build(parts: _CaseParts, data: FhirInput) -> PatientCase:
                         source_codes=parts.source_codes)
     return PatientCase(
         case_id=parts.case_id,
-        patient_id=patient.label if patient is not None else (parts.patient_key or "").split("/")[-1] or None,
+        patient_id=_patient_pseudonym(patient, parts.patient_key),
         time=case_time,
         demographics=demographics,
         cxr=cxr,
@@ -1119,18 +1152,39 @@ def _build(parts: _CaseParts, data: FhirInput) -> PatientCase:
         vitals=vitals,
         notes=parts.notes,
         labels=labels,
-        provenance={"importer": "fhir", "fhir_version": "R4", "source_files": sorted(parts.files),
-                    **({"encounter_id": enc.label} if enc is not None else {})},
+        provenance={"importer": "fhir", "fhir_version": "R4",
+                    "source_files": sorted(scrubbed_name(name, data.identifiers) for name in parts.files)},
     )
 
 
+def _patient_pseudonym(patient: FhirResource | None, patient_key: str | None) -> str | None:
+    label = patient.label if patient is not None else (patient_key or "").split("/")[-1]
+    return pseudonym(label, "pt") if label else None
+
+
+def _identifiers(pool: _Pool) -> list[str]:
+    """The raw ids and names of the input's patients and encounters: none of them may end
+    up in a case (file names of exports often hold them)."""
+    out: list[str] = []
+    for r in pool.resources:
+        if r.type not in ("Patient", "Encounter"):
+            continue
+        out.append(r.label)
+        for ident in getattr(r.model, "identifier", None) or []:
+            out.append(str(getattr(ident, "value", "") or ""))
+        for name in getattr(r.model, "name", None) or [] if r.type == "Patient" else []:
+            out.extend([str(getattr(name, "family", "") or ""), *(str(g) for g in getattr(name, "given", None) or [])])
+    return [x for x in out if x]
+
+
 def import_fhir(paths: Iterable[str | Path], report: ImportReport, panel: Panel | None = None,
-                catalogue: LabCatalogue | None = None, data: FhirInput | None = None) -> Iterator[PatientCase]:
+                catalogue: LabCatalogue | None = None, data: FhirInput | None = None,
+                skip_bad: bool = False) -> Iterator[PatientCase]:
     """One `PatientCase` per Encounter (or per Patient without encounters) in the FHIR
     Bundle / NDJSON files. All files are read and checked before the first case is
     yielded; pass `data` from `read_fhir` to avoid reading them twice."""
     if data is None:
-        data = read_fhir(paths, report, panel, catalogue)
+        data = read_fhir(paths, report, panel, catalogue, skip_bad=skip_bad)
     for parts in data.cases:
         yield _build(parts, data)
 

@@ -39,7 +39,7 @@ from medfuse.record.case import (
     Labels,
     PatientCase,
 )
-from medfuse.record.store import read_json
+from medfuse.record.store import image_size_guard, read_json
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 _PIL_FORMATS = {"PNG", "JPEG", "MPO", "TIFF", "BMP"}  # MPO: multi-picture JPEG from some cameras
@@ -61,7 +61,7 @@ def read_image(path: str | Path, report: ImportReport | None = None) -> CXRImage
     if not path.is_file():
         raise InputError(path, "no such file")
     try:
-        with Image.open(path) as im:
+        with image_size_guard(path), Image.open(path) as im:
             fmt = im.format or "unknown"
             if fmt not in _PIL_FORMATS:
                 raise InputError(path, f"unsupported image format {fmt} (PNG, JPEG, TIFF or BMP expected)")

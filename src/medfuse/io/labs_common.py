@@ -10,9 +10,13 @@ decision is counted in the `ImportReport`, so nothing is dropped silently:
   is ambiguous (1.2 or 1200) and is skipped rather than guessed;
 - censored results ('<0.5', '>= 1000', '≤0.01') are kept: `value` is the bound,
   `censored` the comparator and `value_text` the raw text;
-- text results ('see note', 'hemolysed', 'pos'), empty values, NaN and infinity are
-  skipped; a negative value is skipped for catalogue tests (none of them can be
-  negative: concentrations, counts, percentages, ratios);
+- text results ('see note', 'hemolysed', 'pos'), empty values and NaN are skipped; a
+  negative value is skipped for catalogue tests (none of them can be negative:
+  concentrations, counts, percentages, ratios);
+- an infinite value, or one beyond what a living patient can have (the catalogue's
+  `plausible_max` in its canonical unit, `UNMAPPED_LAB_LIMIT` for other tests), is a
+  damaged file, not a result: `InputError` naming the file and row, or with `skip_bad`
+  dropped and listed in the report. A glucose of 1e308 would otherwise reach the model;
 - the test maps to the catalogue by LOINC, else by name (and fluid when given); a
   mapped result is converted to the canonical unit (value *and* reference range), the
   original kept in `source_value` / `source_unit`; a unit the catalogue does not know
@@ -31,11 +35,18 @@ import datetime as dt
 import math
 import re
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
+from medfuse.errors import InputError
 from medfuse.io.base import ImportReport
 from medfuse.knowledge.labs import LabCatalogue, LabEntry, load_lab_catalogue, normalise_unit
 from medfuse.record.case import LabResult
+
+# The largest magnitude kept for a test not in the catalogue (its unit is unknown). The
+# largest real lab numbers are counts per litre (red cells, ~6e12 /L); anything beyond
+# 1e15 is a damaged value, not a measurement.
+UNMAPPED_LAB_LIMIT = 1e15
 
 # '<0.5', '< 0.5', '>=1000', '≤0.01', '<= 5,0'. The bound is parsed like any number.
 _CENSORED = re.compile(r"^\s*(<=|>=|=<|=>|≤|≥|<|>)\s*(.+?)\s*$")
@@ -115,8 +126,12 @@ def _parse_value(raw: Any) -> tuple[float, str | None, str | None, bool]:
     except ValueError as e:
         if str(e) == "ambiguous comma":
             raise _Unparsed("ambiguous decimal comma in lab value") from None
-        if number_text.strip().lower() in ("nan", "inf", "-inf", "+inf", "infinity", "-infinity"):
-            raise _Unparsed("NaN or infinite lab value") from None
+        word = number_text.strip().lower().lstrip("+-")
+        if word == "nan":
+            raise _Unparsed("NaN lab value") from None
+        if word in ("inf", "infinity"):
+            return math.inf, comparator, text, False
+
         raise _Unparsed("text lab value") from None
     keep_text = text if (comparator or comma) else None
     return value, comparator, keep_text, comma
@@ -241,6 +256,9 @@ def make_lab_result(
     fluid: str | None = None,
     report: ImportReport | None = None,
     catalogue: LabCatalogue | None = None,
+    source: str | Path | None = None,
+    where: str | None = None,
+    skip_bad: bool = False,
 ) -> LabResult | None:
     """One lab result in canonical form, or None when it cannot be kept (reason counted).
 
@@ -249,6 +267,10 @@ def make_lab_result(
     numeric text in the same unit as the value; `flag` the source's abnormal flag in any
     common spelling; `time` a datetime or ISO text; `fluid` the specimen ('Blood',
     'Urine') when the source says. `catalogue` defaults to the bundled lab catalogue.
+
+    An implausible value (infinite, or beyond the test's plausible range) raises
+    `InputError` naming `source` and `where` (e.g. 'line 12'); with `skip_bad` it is
+    dropped and listed in `report` instead.
     """
     name = (name or "").strip()
     loinc = (loinc or "").strip() or None
@@ -260,12 +282,19 @@ def make_lab_result(
     except _Unparsed as e:
         _skip(report, e.reason)
         return None
-    if not math.isfinite(value):
-        _skip(report, "NaN or infinite lab value")
+    if math.isnan(value):
+        _skip(report, "NaN lab value")
         return None
 
     cat = catalogue if catalogue is not None else load_lab_catalogue()
     entry = cat.lookup(name=name or None, loinc=loinc, fluid=fluid)
+    problem = _implausible(value, unit, entry)
+    if problem is not None:
+        error = InputError(source, f"{where}: {problem}" if where else problem)
+        if not skip_bad or report is None:
+            raise error
+        report.skip_file(error, "implausible lab value")
+        return None
     low, high = _finite(ref_low), _finite(ref_high)
     if low is not None and high is not None and low > high:
         _note(report, "lab reference range with low > high dropped")
@@ -292,6 +321,22 @@ def make_lab_result(
         time=_to_datetime(time, report),
         flag=map_flag(flag, report),
     )
+
+
+def _implausible(value: float, unit: str | None, entry: LabEntry | None) -> str | None:
+    """Why `value` cannot be a real result of the test (None when it can). The message
+    names the test and the bound, never the value (a record's content)."""
+    if not math.isfinite(value):
+        return f"infinite value for lab test {entry.key if entry else 'result'}"
+    if entry is None:
+        if abs(value) > UNMAPPED_LAB_LIMIT:
+            return f"lab value beyond {UNMAPPED_LAB_LIMIT:g} (not a measurement)"
+        return None
+    canonical = entry.to_canonical(value, unit) if entry.knows_unit(unit) else None
+    limit = entry.plausible_max
+    if canonical is not None and limit is not None and canonical > limit:
+        return f"{entry.key} value above the plausible maximum of {limit:g} {entry.unit}"
+    return None
 
 
 def _mapped(entry: LabEntry, name: str, value: float, unit: str | None, low: float | None, high: float | None,

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medfuse.errors import ConfigError, InputError
-from medfuse.io.base import ImportReport, expand_paths, read_source_bytes, safe_case_id
+from medfuse.io.base import ImportReport, expand_paths, read_or_skip, read_source_bytes, safe_case_id
 from medfuse.io.labs_common import dedupe_labs, make_lab_result, parse_number
 from medfuse.knowledge.labs import LabCatalogue, load_lab_catalogue
 from medfuse.record.case import Demographics, LabResult, PatientCase
@@ -153,9 +153,10 @@ def find_lab_csv_files(paths: Iterable[str | Path]) -> list[Path]:
 
 
 def read_labs_csv(paths: Iterable[str | Path], report: ImportReport, mapping: LabsCsvMapping | None = None,
-                  catalogue: LabCatalogue | None = None) -> dict[str, _CaseRows]:
+                  catalogue: LabCatalogue | None = None, skip_bad: bool = False) -> dict[str, _CaseRows]:
     """Read every file and group the results by case id (raw id -> rows). Raises
-    `InputError` for an unreadable file or one that lacks a required column."""
+    `InputError` for an unreadable file, one that lacks a required column, or an
+    implausible value (with `skip_bad`: the file or the value is skipped and listed)."""
     mapping = mapping or LabsCsvMapping()
     cat = catalogue or load_lab_catalogue()
     files = find_lab_csv_files(paths)
@@ -163,13 +164,10 @@ def read_labs_csv(paths: Iterable[str | Path], report: ImportReport, mapping: La
         raise InputError(next(iter(paths), None), "no CSV files found")
     cases: dict[str, _CaseRows] = {}
     for path in files:
-        header, rows = _rows(path, report)
-        index = {name: i for i, name in enumerate(header)}
-        needed = [*REQUIRED, *sorted(mapping.explicit - set(REQUIRED))]
-        missing = [f"{f} (column {mapping.columns[f]!r})" for f in needed if mapping.columns[f] not in index]
-        if missing:
-            raise InputError(path, f"missing column(s): {', '.join(missing)}; map them with --map FIELD=COLUMN")
-        col = {f: index[c] for f, c in mapping.columns.items() if c in index}
+        table = read_or_skip(report, skip_bad, "unreadable lab CSV file", _table, path, report, mapping)
+        if table is None:
+            continue
+        header, rows, col = table
         for line_no, row in enumerate(rows, start=2):
             if not any(cell.strip() for cell in row):
                 continue  # blank line
@@ -193,6 +191,7 @@ def read_labs_csv(paths: Iterable[str | Path], report: ImportReport, mapping: La
                 cell("name"), cell("value"), cell("unit") or None,
                 loinc=cell("loinc") or None, ref_low=ref_low, ref_high=ref_high, flag=cell("flag") or None,
                 time=cell("time") or None, fluid=cell("fluid") or None, report=report, catalogue=cat,
+                source=path, where=f"line {line_no}", skip_bad=skip_bad,
             )
             entry = cases.get(case_key)
             if entry is None:
@@ -202,6 +201,18 @@ def read_labs_csv(paths: Iterable[str | Path], report: ImportReport, mapping: La
             if result is not None:
                 entry.labs.append(result)
     return cases
+
+
+def _table(path: Path, report: ImportReport, mapping: LabsCsvMapping) -> tuple[list[str], list[list[str]], dict[str, int]]:
+    """Header, rows and field -> column index of one CSV; `InputError` when a required
+    column is missing."""
+    header, rows = _rows(path, report)
+    index = {name: i for i, name in enumerate(header)}
+    needed = [*REQUIRED, *sorted(mapping.explicit - set(REQUIRED))]
+    missing = [f"{f} (column {mapping.columns[f]!r})" for f in needed if mapping.columns[f] not in index]
+    if missing:
+        raise InputError(path, f"missing column(s): {', '.join(missing)}; map them with --map FIELD=COLUMN")
+    return header, rows, {f: index[c] for f, c in mapping.columns.items() if c in index}
 
 
 def parse_range(text: str) -> tuple[float | None, float | None]:

@@ -132,6 +132,7 @@ def import_mimic_iv(
     catalogue: LabCatalogue | None = None,
     limit: int | None = None,
     include_ed_labs: bool = False,
+    skip_bad: bool = False,
 ) -> Iterator[PatientCase]:
     """Yield one `PatientCase` per MIMIC-IV admission under `root`.
 
@@ -140,7 +141,8 @@ def import_mimic_iv(
     (`edregtime`) when the admission has one, so the presentation labs drawn in the ED are
     kept. `limit` imports only the first N admissions (ordered by subject, then time).
     Every lab row inside a window ends up either in a case or counted in `report`.
-    All tables are checked before the first case is yielded.
+    All tables are checked before the first case is yielded. An implausible lab value
+    raises `InputError` naming labevents (with `skip_bad`: dropped and listed in `report`).
     """
     if not (isinstance(window_hours, (int, float)) and math.isfinite(window_hours) and window_hours > 0):
         raise ConfigError(f"window_hours: must be a positive number of hours, got {window_hours!r}")
@@ -178,7 +180,8 @@ def import_mimic_iv(
             patient_id=str(int(adm.subject_id)),
             time=adm.admittime.to_pydatetime(),
             demographics=_demographics(patient, adm.admittime),
-            labs=_lab_results(labs_by_hadm.get(int(adm.hadm_id)), labitems, report, catalogue, make_lab_result),
+            labs=_lab_results(labs_by_hadm.get(int(adm.hadm_id)), labitems, report, catalogue, make_lab_result,
+                              tables.files["labevents"], skip_bad),
             labels=_labels(diagnoses.get(int(adm.hadm_id)), panel, report, icd_memo),
             provenance={
                 **provenance_base,
@@ -352,7 +355,8 @@ def _raw_value(row) -> tuple[object, bool]:
 
 
 def _lab_results(rows: pd.DataFrame | None, labitems: dict[int, tuple[str, str | None, str | None]],
-                 report: ImportReport, catalogue: LabCatalogue | None, make_lab_result) -> list[LabResult]:
+                 report: ImportReport, catalogue: LabCatalogue | None, make_lab_result, source: Path,
+                 skip_bad: bool) -> list[LabResult]:
     if rows is None or not len(rows):
         return []
     results: list[LabResult] = []
@@ -386,6 +390,9 @@ def _lab_results(rows: pd.DataFrame | None, labitems: dict[int, tuple[str, str |
             fluid=fluid,
             report=report,
             catalogue=catalogue,
+            source=source,
+            where="a labevents row",
+            skip_bad=skip_bad,
         )
         if result is not None:
             results.append(result)

@@ -25,6 +25,7 @@ from medfuse.errors import InputError
 from medfuse.io.base import ImportReport, expand_paths, safe_case_id
 from medfuse.io.ecg_leads import non_ecg_reason, standard_lead_name, units_per_mv
 from medfuse.record.case import ECG, Demographics, Diagnosis, Labels, PatientCase
+from medfuse.record.store import check_wfdb_header
 
 # Signal file extensions a user may point at instead of the header.
 SIGNAL_SUFFIXES = (".dat", ".mat", ".xyz", ".sig", ".edf")
@@ -87,8 +88,7 @@ def read_wfdb(record_path: str | Path, load_annotations: bool = True) -> tuple[E
     listed = len(header.file_name or []) if not is_multisegment else header.n_sig
     if listed != header.n_sig:
         raise InputError(hea, f"header declares {header.n_sig} signal(s) but describes {listed}")
-    if not header.fs or header.fs <= 0:
-        raise InputError(hea, "header gives no positive sampling frequency")
+    check_wfdb_header(header, hea)  # data files inside the folder, a plausible sampling rate
     if not is_multisegment:
         unknown = sorted({str(f) for f in header.fmt if str(f) not in _FORMATS})
         if unknown:
@@ -413,10 +413,10 @@ def import_wfdb(paths: Iterable[str | Path], report: ImportReport, skip_bad: boo
         except NoECGChannelError:
             report.skip("record without ECG channels")
             continue
-        except InputError:
+        except InputError as e:
             if not skip_bad:
                 raise
-            report.skip("unreadable WFDB record")
+            report.skip_file(e, "unreadable WFDB record")
             continue
         for reason in details["skipped"]:
             report.skip(reason)

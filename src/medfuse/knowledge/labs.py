@@ -108,6 +108,8 @@ class LabEntry:
     synonyms: tuple[str, ...] = ()
     zh: str | None = None
     fluids: tuple[str, ...] = ()
+    # Above this (canonical unit) a value is a damaged or mistyped entry, not a patient.
+    plausible_max: float | None = None
 
     def to_canonical(self, value: float, unit: str | None) -> float | None:
         """`value` in the canonical unit, or None if the unit is unknown for this test.
@@ -252,6 +254,7 @@ def _parse(text: str, origin: str) -> LabCatalogue:
                     synonyms=tuple(str(s) for s in d.get("synonyms", []) or []),
                     zh=d.get("zh"),
                     fluids=tuple(str(f).lower() for f in d.get("fluids", []) or []),
+                    plausible_max=None if d.get("plausible_max") is None else float(d["plausible_max"]),
                 )
             )
         except (KeyError, TypeError, ValueError) as e:

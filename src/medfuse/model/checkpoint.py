@@ -41,6 +41,7 @@ from medfuse.errors import InputError
 from medfuse.knowledge.panel import Panel, load_panel
 from medfuse.model.config import ModelConfig
 from medfuse.record.case import MODALITIES
+from medfuse.record.store import read_json
 
 __all__ = ["CHECKPOINT_FILES", "CheckpointParts", "model_card", "panel_to_yaml", "read_checkpoint", "save_checkpoint"]
 
@@ -329,10 +330,7 @@ def _json_default(obj: Any) -> Any:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(path, f"invalid JSON ({e.__class__.__name__})") from None
+    data = read_json(path)  # one line for unreadable, invalid or too deeply nested JSON
     if not isinstance(data, dict):
         raise InputError(path, "expected a JSON object")
     return data

@@ -36,6 +36,28 @@ Lang = Literal["en", "zh"]
 Modality = Literal["cxr", "ecg", "labs", "vitals", "notes", "genomics"]
 MODALITIES: tuple[str, ...] = ("cxr", "ecg", "labs", "vitals", "notes", "genomics")
 VITAL_FIELDS: tuple[str, ...] = ("heart_rate", "sbp", "dbp", "temperature", "spo2", "resp_rate")
+# Sampling rates an ECG can plausibly have, in Hz. Below 50 Hz the QRS complex (10-40 Hz
+# content) is not resolved at all; the slowest clinical recorders (Holter, PTB-XL 'lr')
+# use 100-128 Hz. Above 20 kHz only research pacing/His-bundle systems go (PTB 1 kHz,
+# high-resolution ECG 2-15 kHz). A rate outside is a damaged or mistyped header (a
+# negative rate, 1e12), and a wrong rate silently rescales every interval and heart rate.
+ECG_SAMPLING_RATE_HZ: tuple[float, float] = (50.0, 20000.0)
+
+
+def sampling_rate_problem(fs: object) -> str | None:
+    """Why `fs` is not a plausible ECG sampling rate (see `ECG_SAMPLING_RATE_HZ`), or None.
+
+    >>> sampling_rate_problem(500.0) is None, sampling_rate_problem(-500)
+    (True, 'implausible ECG sampling rate -500 Hz (expected 50-20000 Hz)')
+    """
+    low, high = ECG_SAMPLING_RATE_HZ
+    try:
+        value = float(fs)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return f"ECG sampling rate is not a number ({str(fs)[:20]!r})"
+    if not np.isfinite(value) or not low <= value <= high:
+        return f"implausible ECG sampling rate {value:g} Hz (expected {low:g}-{high:g} Hz)"
+    return None
 
 
 class _Model(BaseModel):
@@ -105,7 +127,7 @@ class ECG(_Model):
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
     signal: np.ndarray | None = Field(None, exclude=True, repr=False)
-    fs: float = Field(..., gt=0, description="Sampling rate in Hz.")
+    fs: float = Field(..., ge=ECG_SAMPLING_RATE_HZ[0], le=ECG_SAMPLING_RATE_HZ[1], description="Sampling rate in Hz.")
     leads: list[str] = Field(..., min_length=1, description="Lead names as given by the source.")
     n_samples: int | None = None
     adc_gain: float = Field(
@@ -141,6 +163,9 @@ class ECG(_Model):
 
 
 class LabResult(_Model):
+    # A result of inf or NaN is no measurement; JSON readers accept 'Infinity' in case.json.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
     name: str = Field(..., description="Local (source) name of the test.")
     loinc: str | None = None
     code: str | None = Field(None, description="Catalogue key when the test was mapped (e.g. 'creatinine').")
@@ -158,6 +183,8 @@ class LabResult(_Model):
 
 class VitalSigns(_Model):
     """One set of vital signs (any field may be missing)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     time: dt.datetime | None = None
     heart_rate: float | None = Field(None, ge=0, description="/min")

@@ -13,7 +13,9 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ import pandas as pd
 from PIL import Image
 
 from medfuse.errors import InputError
-from medfuse.record.case import ECG, PatientCase
+from medfuse.record.case import ECG, PatientCase, sampling_rate_problem
 
 CASE_FILE = "case.json"
 INDEX_FILE = "index.parquet"
@@ -46,11 +48,15 @@ def write_case(case: PatientCase, folder: str | Path, overwrite: bool = True) ->
         if folder.exists():
             old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
             folder.rename(old)
-            tmp.rename(folder)
+            try:
+                tmp.rename(folder)
+            except BaseException:
+                old.rename(folder)  # interrupted between the renames: put the old case back
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(folder)
-    except BaseException:
+    except BaseException:  # KeyboardInterrupt included: no temporary folder stays behind
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
@@ -133,11 +139,26 @@ def _write_fmt16(digital: np.ndarray, ecg: ECG, folder: Path, record: str) -> No
 
 
 def read_wfdb_signal(folder: Path, record: str) -> tuple[np.ndarray, float, list[str]]:
+    """The (samples, leads) mV signal, sampling rate and lead names of a WFDB record in
+    a case folder. Raises `InputError` naming the header when it names a data file outside
+    the folder, gives an implausible sampling rate, or cannot be read."""
     import wfdb
 
-    rec = wfdb.rdrecord(str(folder / record), physical=False)
+    hea = folder / f"{record}.hea"
+    if path_inside(folder, hea) is None or not hea.is_file():
+        raise InputError(hea, "no such WFDB header inside the case folder")
+    try:
+        header = wfdb.rdheader(str(folder / record))
+        check_wfdb_header(header, hea)
+        rec = wfdb.rdrecord(str(folder / record), physical=False)
+    except (OSError, ValueError, IndexError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise InputError(hea, f"cannot read ECG record ({e.__class__.__name__})") from None
+    if rec.d_signal is None or rec.d_signal.ndim != 2:
+        raise InputError(hea, "ECG record holds no samples")
     d = rec.d_signal.astype(np.float64)
     gains = np.asarray(rec.adc_gain, dtype=np.float64)
+    if not np.all(np.isfinite(gains)) or np.any(gains == 0):
+        raise InputError(hea, "ECG record has an ADC gain of 0 (uncalibrated)")
     base = np.asarray(rec.baseline, dtype=np.float64)
     sig = (d - base) / gains
     nan_code = -32768 if rec.fmt[0] == "16" else -(2**31)
@@ -145,12 +166,105 @@ def read_wfdb_signal(folder: Path, record: str) -> tuple[np.ndarray, float, list
     return sig, float(rec.fs), list(rec.sig_name)
 
 
-def read_json(path: Path) -> Any:
-    """The content of a UTF-8 JSON file; `InputError` naming the file when it is not valid JSON."""
+def check_wfdb_header(header, hea: Path) -> None:
+    """Refuse a WFDB header (`wfdb.rdheader` result of the file `hea`) whose data files lie
+    outside its folder or whose sampling rate is implausible.
+
+    The rate is checked as written: `wfdb` replaces a rate it cannot parse ('-500') by its
+    default of 250 Hz without a word, which would silently rescale every interval.
+    """
+    names = [*(getattr(header, "file_name", None) or []), *(getattr(header, "seg_name", None) or [])]
+    for name in names:
+        if name and name != "~" and path_inside(hea.parent, name) is None:
+            raise InputError(hea, "names a data file outside the record's folder")
+    written = _written_wfdb_rate(hea)
+    problem = sampling_rate_problem(written if written is not None else header.fs)
+    if problem:
+        raise InputError(hea, problem)
+
+
+def _written_wfdb_rate(hea: Path) -> str | None:
+    """The sampling-rate field of a header's record line as written ('500', '360/1.5(0)'
+    gives '360'), or None when the line has no rate (WFDB then means 250 Hz)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(path, f"invalid JSON ({type(e).__name__} at line {getattr(e, 'lineno', '?')})") from None
+        with hea.open(encoding="latin-1") as fh:
+            for line in fh:
+                if line.strip() and not line.lstrip().startswith("#"):
+                    fields = line.split()
+                    return fields[2].split("/")[0].split("(")[0] if len(fields) > 2 else None
+    except OSError:
+        return None
+    return None
+
+
+def loads_json(text: str | bytes, path: str | Path | None, line: int | None = None) -> Any:
+    """Parse JSON text read from `path` (`line`: its line number in an NDJSON file).
+
+    Raises `InputError` naming the file when the text is not valid JSON or nests too deep
+    for Python's parser. Every JSON reader of user files goes through here (or
+    `read_json`), so a hostile file gives one line, never a RecursionError traceback.
+    """
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputError(path, f"invalid JSON at line {line or e.lineno} column {e.colno}: {e.msg}") from None
+    except UnicodeDecodeError as e:
+        raise InputError(path, f"invalid JSON (not UTF-8 text, byte {e.start})") from None
+    except RecursionError:
+        where = f" at line {line}" if line else ""
+        raise InputError(path, f"invalid JSON{where} (nested too deep to read)") from None
+
+
+def read_json(path: str | Path) -> Any:
+    """The content of a UTF-8 JSON file; `InputError` naming the file when it is missing,
+    unreadable, not valid JSON or nested too deep."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(path, "no such file") from None
+    except OSError as e:
+        raise InputError(path, f"cannot read file ({e.__class__.__name__})") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise InputError(path, f"invalid JSON (not UTF-8 text, byte {e.start})") from None
+    return loads_json(text, path)
+
+
+def path_inside(root: str | Path, reference: str | Path) -> Path | None:
+    """`reference` (relative to `root`, or absolute) resolved, when it lies inside `root`;
+    else None.
+
+    Both sides are resolved (symbolic links followed) before comparing, so '../x', an
+    absolute path elsewhere, or a link inside `root` pointing out of it all count as
+    outside. Readers of files named *by* an input (case.json, FHIR attachments, WFDB
+    headers) use this so that an input can never make medfuse read a file the user did
+    not give it.
+    """
+    root = Path(root).resolve()
+    try:
+        target = (root / Path(reference)).resolve()
+    except (OSError, RuntimeError, ValueError):  # a link loop, a NUL byte in the name
+        return None
+    return target if target.is_relative_to(root) else None
+
+
+@contextmanager
+def image_size_guard(path: str | Path) -> Iterator[None]:
+    """Refuse images larger than Pillow's decompression-bomb limit (`Image.MAX_IMAGE_PIXELS`).
+
+    Pillow only warns between the limit and twice the limit; here the warning is an error
+    too, and both become one `InputError` naming `path`. A few hundred header bytes can
+    claim a 60000 x 60000 image that would take gigabytes to decode.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            yield
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise InputError(path, f"image is larger than {Image.MAX_IMAGE_PIXELS} pixels "
+                                   "(refused as a possible decompression bomb)") from None
 
 
 def read_case(folder: str | Path, load_bulk: bool = True) -> PatientCase:
@@ -168,27 +282,39 @@ def read_case(folder: str | Path, load_bulk: bool = True) -> PatientCase:
         return case
     for img in case.cxr:
         if img.file:
+            path = _bulk_file(folder, img.file)
             try:
-                with Image.open(folder / img.file) as im:
+                with image_size_guard(path), Image.open(path) as im:
                     arr = np.array(im)
-            except (OSError, ValueError) as e:
-                raise InputError(folder / img.file, f"cannot read image ({e.__class__.__name__})") from None
+            except (OSError, ValueError, SyntaxError, EOFError) as e:
+                raise InputError(path, f"cannot read image ({e.__class__.__name__})") from None
             if arr.dtype == np.int32 or arr.dtype == np.int64:  # 16-bit PNGs can come back as I mode
                 arr = arr.astype(np.uint16)
+            if arr.ndim != 2 or arr.dtype not in (np.uint8, np.uint16):
+                raise InputError(path, "not a 2-D 8- or 16-bit grayscale image")
             findings = img.findings
             img.pixels = arr
             img.findings = findings
             img.height, img.width = arr.shape[:2]
     if case.ecg is not None and case.ecg.file:
-        try:
-            sig, fs, leads = read_wfdb_signal(folder, case.ecg.file)
-        except (OSError, ValueError) as e:
-            raise InputError(folder / f"{case.ecg.file}.hea", f"cannot read ECG record ({e.__class__.__name__})") from None
+        _bulk_file(folder, f"{case.ecg.file}.hea")
+        sig, fs, leads = read_wfdb_signal(folder, case.ecg.file)
         case.ecg.signal = sig
         case.ecg.n_samples = sig.shape[0]
         if leads != case.ecg.leads:
             raise InputError(folder / f"{case.ecg.file}.hea", "lead names differ from case.json")
     return case
+
+
+def _bulk_file(folder: Path, name: str) -> Path:
+    """The file `name` of a case folder; `InputError` when case.json points outside the
+    folder (a '../' path, an absolute path or a link out) or at nothing."""
+    if path_inside(folder, name) is None:
+        raise InputError(folder / CASE_FILE, "names a file outside the case folder")
+    path = folder / name
+    if not path.is_file():
+        raise InputError(folder / CASE_FILE, f"names a file that does not exist ({Path(name).name})")
+    return path
 
 
 def _first_validation_problem(e: Exception) -> str:
@@ -234,8 +360,12 @@ def write_index(cohort_dir: str | Path, rows: Iterable[dict] | None = None) -> p
         rows = [case_summary_row(read_case(f, load_bulk=False), f.name) for f in iter_case_folders(cohort_dir)]
     df = pd.DataFrame(list(rows), columns=INDEX_COLUMNS).sort_values("case_id", kind="stable").reset_index(drop=True)
     tmp = cohort_dir / f".{INDEX_FILE}.tmp"
-    df.to_parquet(tmp, index=False)
-    tmp.replace(cohort_dir / INDEX_FILE)
+    try:
+        df.to_parquet(tmp, index=False)
+        tmp.replace(cohort_dir / INDEX_FILE)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return df
 
 
