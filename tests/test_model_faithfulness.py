@@ -6,8 +6,24 @@ from __future__ import annotations
 import pytest
 
 from medfuse.interpret.case import interpret_case
-from medfuse.model.faithfulness import check_reasoning, evidence_in_case, split_sentences
-from medfuse.record.case import CXRImage, Demographics, Finding, LabResult, PatientCase, Variant, VitalSigns
+from medfuse.model.faithfulness import (
+    TRUNCATED_REASON,
+    check_reasoning,
+    evidence_in_case,
+    split_sentences,
+)
+from medfuse.record.case import (
+    ECG,
+    CXRImage,
+    Demographics,
+    Finding,
+    Labels,
+    LabResult,
+    Note,
+    PatientCase,
+    Variant,
+    VitalSigns,
+)
 from medfuse.record.evidence import Evidence
 
 
@@ -54,7 +70,7 @@ def test_faithful_statements_are_kept(text, case, evidence):
 
 
 @pytest.mark.parametrize("text, expected", [
-    ("Potassium is 6.8 mmol/L, explaining peaked T waves.", "6.8 for potassium"),  # wrong value of a present test
+    ("Potassium is 6.8 mmol/L, which is critical.", "6.8 for potassium"),  # wrong value of a present test
     ("Troponin is elevated at 0.9 ng/mL.", "troponin"),  # a test the case does not have
     ("The chest X-ray shows right lower lobe consolidation.", "no cxr"),  # an absent modality
     ("The ECG shows atrial fibrillation.", "no ecg"),
@@ -72,10 +88,10 @@ def test_unsupported_claims_are_dropped_with_a_reason(text, expected, case, evid
 
 def test_only_the_unsupported_sentence_goes(case, evidence):
     text = ("Creatinine 2.1 mg/dL is high. Potassium 6.8 mmol/L is critical. SpO2 93% is low. "
-            "Decimal points like 38.9 do not split sentences.")
+            "A temperature of 38.9 does not split sentences.")
     check = check_reasoning(text, case, evidence)
     assert [d.sentence for d in check.dropped] == ["Potassium 6.8 mmol/L is critical."]
-    assert check.text == "Creatinine 2.1 mg/dL is high. SpO2 93% is low. Decimal points like 38.9 do not split sentences."
+    assert check.text == "Creatinine 2.1 mg/dL is high. SpO2 93% is low. A temperature of 38.9 does not split sentences."
     assert check.n_sentences == 4
 
 
@@ -116,3 +132,144 @@ def test_numbered_lists_keep_their_markers_with_their_sentence(case, evidence):
     check = check_reasoning(text, case, evidence)
     assert check.text == "1. Creatinine 2.1 mg/dL is high. 3) SpO2 93% is low."
     assert [d.sentence for d in check.dropped] == ["2. Potassium 6.8 mmol/L is critical."]
+
+
+# ---------------------------------------------------------------------------- issue 10 regressions
+
+@pytest.fixture(scope="module")
+def labs_case() -> PatientCase:
+    # Platelets 263 and glucose 110: a number must be the value of the test it is written with.
+    return PatientCase(
+        case_id="f2",
+        demographics=Demographics(age=67, sex="F"),
+        labs=[
+            LabResult(name="Platelet count", code="platelets", value=263, unit="10*3/uL"),
+            LabResult(name="Glucose", code="glucose", value=110, unit="mg/dL"),
+            LabResult(name="Creatinine", code="creatinine", value=2.13, unit="mg/dL", ref_low=0.5, ref_high=1.2),
+            LabResult(name="Potassium", code="potassium", value=4.1, unit="mmol/L", ref_low=3.3, ref_high=5.1),
+        ],
+        vitals=[VitalSigns(heart_rate=112, sbp=150, dbp=95, temperature=38.9, spo2=93)],
+        notes=[Note(type="history", text="Ex-smoker (15 pack-years).")],
+    )
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Her blood sugar of 263 mg/dL suggests diabetes.", "263 for glucose"),  # 263 is the platelet count
+    ("A fever of 112 was recorded.", "112 for temperature"),  # 112 is the heart rate
+    ("The value 263 is worrying.", "number 263"),  # a case value, but tied to no test
+    ("A 72-year-old woman with renal failure.", "72 for age"),
+    ("Pulse 38.9 bpm.", "38.9 for heart rate"),
+])
+def test_a_number_must_be_the_value_of_the_test_it_is_written_with(text, expected, labs_case):
+    found = reasons(text, labs_case, interpret_case(labs_case))
+    assert len(found) == 1 and expected in found[0], found
+
+
+@pytest.mark.parametrize("text", [
+    "Platelets 263 and blood sugar 110 mg/dL are recorded.",
+    "Blood sugar 6.1 mmol/L is mildly raised.",  # 110 mg/dL in mmol/L
+    "A 67-year-old woman; temperature 102 °F with a heart rate of 112 bpm.",  # 38.9 °C in °F
+    "Two abnormal findings [E3] were noted in 2019 and 3 of 4 criteria are met.",  # counts, citations, years
+    "Creatinine 2.13 mg/dL [labs[2]] exceeds the reference range 0.5-1.2.",
+    "She is an ex-smoker with 15 pack-years.",  # said by the notes in the same words
+])
+def test_numbers_that_are_tied_or_not_measurements_are_kept(text, labs_case):
+    assert check_reasoning(text, labs_case, interpret_case(labs_case)).dropped == []
+
+
+def test_findings_need_an_image_and_must_be_among_its_findings(case, evidence):
+    # No chest X-ray in `case`: a findings word is a claim about an image it does not have.
+    for text in ("Right lower lobe consolidation supports pneumonia.", "A pleural effusion is present.",
+                 "Cardiomegaly suggests heart failure."):
+        found = reasons(text, case, evidence)
+        assert len(found) == 1 and "no chest X-ray" in found[0], (text, found)
+    assert reasons("No consolidation or effusion.", case, evidence) == []
+    assert reasons("Ankle edema and a raised body mass index.", case, evidence) == []  # not image findings
+
+    labelled = PatientCase(case_id="img2", cxr=[CXRImage(file="cxr_0.png")],
+                           labels=Labels(findings=[Finding(label="nodule", boxes=[[10, 20, 30, 40]])]))
+    ev = interpret_case(labelled)
+    assert reasons("A nodule in the right upper zone; no consolidation.", labelled, ev) == []
+    assert "do not include" in reasons("Consolidation supports pneumonia.", labelled, ev)[0]
+    assert "denies nodule" in reasons("There is no nodule.", labelled, ev)[0]
+    # The finding head's located findings back a claim too.
+    assert check_reasoning("Consolidation is seen.", labelled, ev, findings=["consolidation"]).dropped == []
+    # An unlabelled image with no findings source: only the image's presence is checked.
+    bare = PatientCase(case_id="img3", cxr=[CXRImage(file="cxr_0.png")])
+    assert reasons("Consolidation is seen.", bare, interpret_case(bare)) == []
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("No measured item is abnormal.", "no item is abnormal"),
+    ("All labs are within normal limits.", "calls labs normal"),
+    ("Vital signs are unremarkable.", "calls vitals normal"),
+    ("Creatinine is normal.", "calls creatinine normal"),
+    ("没有异常的测量项目。", "no item is abnormal"),
+])
+def test_normal_claims_are_checked_against_the_abnormal_items(text, expected, labs_case):
+    found = reasons(text, labs_case, interpret_case(labs_case))
+    assert len(found) == 1 and expected in found[0], found
+
+
+def test_true_normal_claims_and_reference_statements_are_kept(labs_case):
+    ev = interpret_case(labs_case)
+    for text in ("Potassium is within the normal range.", "Creatinine exceeds the upper limit of normal.",
+                 "Creatinine 2.13 mg/dL is above the normal range."):
+        assert reasons(text, labs_case, ev) == [], text
+    healthy = PatientCase(case_id="ok", labs=[LabResult(name="Potassium", code="potassium", value=4.1, unit="mmol/L")])
+    assert reasons("No measured item is abnormal. All labs are normal.", healthy, interpret_case(healthy)) == []
+
+
+@pytest.fixture(scope="module")
+def ecg_case() -> tuple[PatientCase, list[Evidence]]:
+    # The reader's evidence as `interpret.ecg.ecg_evidence` writes it: one item per lead.
+    leads = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
+    case = PatientCase(case_id="e1", ecg=ECG(fs=500, leads=leads))
+    evidence = [
+        Evidence(modality="ecg", item="QTc (Bazett)", value=452.0, unit="ms", interpretation="normal",
+                 source="ecg:lead II"),
+        *(Evidence(modality="ecg", item=f"T inversion {lead}", value=-0.2, unit="mV", interpretation="present",
+                   abnormal=True, source=f"ecg:lead {lead}") for lead in ("V5", "V6")),
+    ]
+    return case, evidence
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("T inversion in V4-V6 suggests ischaemia.", "T inversion in V4"),  # the reader reports V5, V6
+    ("T-wave inversion in II, III and aVF.", "T inversion in II, III, aVF"),
+    ("ST elevation in V2 and V3.", "ST elevation in V2, V3"),
+    ("Inverted T waves are seen in V1.", "T inversion in V1"),
+    ("No T inversion is present.", "denies T inversion"),
+    ("Lead V9 shows a tall R wave.", "lead V9"),
+])
+def test_ecg_leads_must_be_those_the_reading_reported(text, expected, ecg_case):
+    found = reasons(text, *ecg_case)
+    assert len(found) == 1 and expected in found[0], found
+
+
+@pytest.mark.parametrize("text", [
+    "T inversion in V5 and V6 suggests lateral ischaemia.",
+    "T-wave inversion (V5, V6); no ST elevation in V1-V3.",
+    "QTc 452 ms in lead II; type II diabetes is unrelated.",
+])
+def test_ecg_leads_the_reading_reported_are_kept(text, ecg_case):
+    assert reasons(text, *ecg_case) == []
+
+
+def test_ecg_findings_without_an_ecg_are_dropped(case, evidence):
+    found = reasons("ST elevation in V2 and V3 suggests infarction.", case, evidence)
+    assert len(found) == 1 and "no ECG" in found[0], found
+
+
+def test_a_reasoning_cut_off_mid_sentence_is_counted(case, evidence):
+    check = check_reasoning("<think>Creatinine 2.1 mg/dL is high. Potassium is", case, evidence)
+    assert check.truncated
+    assert check.n_sentences == 2
+    assert [(d.sentence, d.reason) for d in check.dropped] == [("Potassium is", TRUNCATED_REASON)]
+    assert check.text == "Creatinine 2.1 mg/dL is high."
+    # Cut off right after a full stop: truncated, but no partial sentence to count.
+    check = check_reasoning("<think>Creatinine 2.1 mg/dL is high.", case, evidence)
+    assert check.truncated and check.dropped == [] and check.n_sentences == 1
+    # A finished reasoning is not truncated.
+    check = check_reasoning("<think>Creatinine 2.1 mg/dL is high.</think><answer>none</answer>", case, evidence)
+    assert not check.truncated

@@ -11,90 +11,148 @@ Two checks guard `medfuse diagnose` against showing invented facts:
   * a modality that the case does not have ("the chest X-ray shows ..." without an image),
   * a lab test the case does not have ("troponin is raised" without a troponin result),
   * a gene variant the case does not list ("EGFR L858R" without that variant),
-  * a number that matches no value of the item it is attached to ("potassium 6.8" when the
-    case's potassium is 4.1), or, when no item is named, no number in the case at all.
+  * an image finding without a chest X-ray, or (when the case says which findings its
+    image has: supplied findings, labels or the finding head's) one not among them,
+  * an ECG lead finding the reading does not report in the leads named ("T inversion in
+    V4-V6" when the reader found it in V5 only), or a lead the recording lacks,
+  * a "normal" claim about items the case reads as abnormal ("no measured item is
+    abnormal", "labs are unremarkable", "potassium is normal"), scoped to the test or
+    modality it names,
+  * a number that is not the value of the test it is attached to. A number is tied to
+    the test named in its clause (catalogue names and synonyms, everyday names like
+    "blood sugar", vital-sign words like "fever", ECG measurements), to the measurement
+    its unit names ("112 bpm", "38.9 °C") or to the age ("67-year-old"); it must equal
+    that item's value at the written precision or after unit conversion. A number tied
+    to nothing counts against the sentence unless it is plainly not a measurement (a
+    count, a year, a lead, a list number) or the case's notes state it the same way.
 
   A number may also be a criterion ("above 140/90", "> 2 mmol/L") when a comparison word
   precedes it and the number is a reference bound of the case's results or a threshold of
   the disease panel. Negated mentions ("no chest X-ray available", "troponin was not
-  measured") are statements about absence, which the case does back.
+  measured", "no consolidation") are statements about absence, which the case backs unless
+  it reports that very thing.
 
   Sentences with an unsupported claim are removed from the text and returned in
   `ReasoningCheck.dropped` with the reason, so the caller can show them as flagged, never
-  as fact. The check is lexical: it catches the invented numbers, tests, modalities and
-  variants above; it cannot judge whether a stated inference is medically sound.
+  as fact. A reasoning cut off mid-sentence (an open `<think>` or a last sentence without
+  closing punctuation) is marked `truncated` and its partial sentence is dropped and
+  counted like the others. The check is lexical: it catches the invented numbers, tests,
+  modalities, findings, leads and variants above; it cannot judge whether a stated
+  inference is medically sound.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from bisect import bisect_right
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from medfuse.knowledge.labs import lab_entries, load_lab_catalogue
+from medfuse.formats import parse_think
+from medfuse.knowledge.labs import lab_entries
 from medfuse.knowledge.panel import Panel, load_panel
+from medfuse.model.reasoning_terms import (
+    ECG_LEAD_FINDING_TERMS,
+    ECG_TERMS,
+    FINDING_TERMS,
+    KNOWN_GENES,
+    Mention,
+    clause_index,
+    ecg_lead_finding_terms,
+    ecg_terms,
+    finding_mentions,
+    lab_terms,
+    lead_mentions,
+    mentions,
+    modality_terms,
+    scope_terms,
+    term_pattern,
+    vital_terms,
+)
 from medfuse.record.case import VITAL_FIELDS, PatientCase
 from medfuse.record.evidence import Evidence
 
-__all__ = ["ReasoningCheck", "UnsupportedClaim", "check_reasoning", "evidence_in_case"]
+__all__ = ["TRUNCATED_REASON", "ReasoningCheck", "UnsupportedClaim", "check_reasoning", "evidence_in_case",
+           "split_sentences"]
 
-# --------------------------------------------------------------------------- vocabularies
+# --------------------------------------------------------------------------- cues
 
-# Words that name a modality (English and Chinese). A sentence that names an absent
-# modality without negating it claims something the case cannot back.
-MODALITY_TERMS: dict[str, tuple[str, ...]] = {
-    "cxr": ("chest x-ray", "chest x ray", "chest radiograph", "radiograph", "x-ray", "xray", "cxr", "chest film",
-            "胸片", "胸部X线", "X线"),
-    "ecg": ("ecg", "ekg", "electrocardiogram", "electrocardiography", "心电图"),
-    "genomics": ("genomic", "genetic test", "sequencing", "variant panel", "基因检测", "基因突变"),
-}
-
-# Oncogenic driver genes a model might name; genes listed in the case are added per case.
-KNOWN_GENES = ("EGFR", "KRAS", "ALK", "ROS1", "BRAF", "MET", "RET", "ERBB2", "HER2", "TP53", "STK11", "KEAP1",
-               "NTRK1", "NTRK2", "NTRK3", "PIK3CA", "NRAS")
-
-# Terms that bind a following number to a vital sign (field names of VitalSigns).
-VITAL_TERMS: dict[str, tuple[str, ...]] = {
-    "heart_rate": ("heart rate", "pulse", "HR", "心率", "脉搏"),
-    "blood_pressure": ("blood pressure", "BP", "systolic", "diastolic", "血压"),
-    "temperature": ("temperature", "temp", "fever", "febrile", "pyrexia", "体温", "发热"),
-    "spo2": ("SpO2", "oxygen saturation", "saturation", "血氧"),
-    "resp_rate": ("respiratory rate", "respiration rate", "breathing rate", "呼吸频率", "呼吸"),
-}
 _VITAL_FIELDS_OF = {"heart_rate": ("heart_rate",), "blood_pressure": ("sbp", "dbp"), "temperature": ("temperature",),
                     "spo2": ("spo2",), "resp_rate": ("resp_rate",)}
-
-# ECG measurement words -> substrings of the ECG evidence items they refer to.
-ECG_TERMS: dict[str, tuple[str, ...]] = {
-    "PR interval": ("PR interval", "PR"),
-    "QRS duration": ("QRS duration", "QRS"),
-    "QTc": ("QTc",),
-    "QT": ("QT interval", "QT"),
-    "ST": ("ST elevation", "ST depression", "ST deviation", "ST segment"),
-    "Sokolow": ("Sokolow",),
-    "Cornell": ("Cornell",),
-}
+# Number words that stand for a measured value: "V1, V5" and friends are leads, not values.
+_VAF_TERMS = tuple(term_pattern(t) for t in ("VAF", "variant allele frequency", "allele frequency", "等位基因频率"))
 
 # Absence cues: near a term, they make the mention a statement of absence.
 _ABSENCE_BEFORE = re.compile(r"(?:\bno|\bnot|\bwithout|\bmissing|\blacks?|\babsent|\bunavailable|\bnor|无|没有|未|缺少|缺乏)"
-                             r"[^.;,]{0,30}$", re.I)
+                             r"[^.;,]{0,30}$"
+                             # a list under an absence heading: "not assessed: heart rate, white cell count"
+                             r"|(?:\bnot assessed|\bnot measured|\bmissing|\bunavailable|未评估|未检测)\s*[:：][^.;]*$",
+                             re.IGNORECASE)
 _ABSENCE_AFTER = re.compile(r"^[^.;]{0,30}(?:\bnot (?:available|provided|done|performed|measured|recorded|reported|given)"
-                            r"|\bunavailable|\bmissing|\babsent|\bwas not|\bwere not|未提供|未检测|缺失|不可用)", re.I)
+                            r"|\bunavailable|\bmissing|\babsent|\bwas not|\bwere not|\bcannot be (?:assessed|evaluated|"
+                            r"determined|judged)|\bcould not be (?:assessed|evaluated|determined|judged)|"
+                            r"未提供|未检测|缺失|不可用|无法评估|无法判断)", re.IGNORECASE)
 # Comparison cues: a number right after one of these may be a criterion, not a measurement.
 _COMPARISON = re.compile(r"(?:>=?|<=?|≥|≤|\babove|\bbelow|\bover|\bunder|\bexceed\w*|\bgreater than|\bless than|"
                          r"\bhigher than|\blower than|\bthreshold|\bcut-?off|\blimit|\bupper|\blower|\bat least|"
-                         r"\bat most|\bnormal|\brange|\breference|超过|高于|低于|大于|小于|不低于|不高于|正常)[^0-9]{0,12}$", re.I)
-# A number standing alone (not part of a word like V1, HbA1c, I48, p.L858R, c.2573T>G).
-_NUMBER = re.compile(r"(?<![\w.])[-+]?\d+(?:\.\d+)?(?![\w]|\.\d)")
-# Numbers that are not measurements: "12-lead", "type 2", "stage 1", list numbering "1)".
-_NOT_A_MEASUREMENT_AFTER = re.compile(r"^(?:\s*-?\s*(?:leads?\b|导联)|\*\d)", re.I)  # "12-lead", "10*9/L"
-_NOT_A_MEASUREMENT_BEFORE = re.compile(r"(?:\d\*|\btype|\bstage|\bgrade|\bclass|\bstep|\bday|\bhour|\bpoint|型|级|期)\s*$", re.I)
+                         r"\bat most|\bnormal|\brange|\breference|\bref|超过|高于|低于|大于|小于|不低于|不高于|正常)"
+                         r"[^0-9]{0,12}$", re.IGNORECASE)
+# A number standing alone (not part of a word like V1, HbA1c, I48, p.L858R, c.2573T>G);
+# thousands separators ("263,000") belong to the number.
+_NUMBER = re.compile(r"(?<![\w.])[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?![\w]|\.\d|,\d{3}(?!\d))")
+# Numbers that are not measurements: "12-lead", "type 2", "stage 1", "lead 2", "10*9/L".
+_NOT_A_MEASUREMENT_AFTER = re.compile(r"^(?:\s*-?\s*(?:leads?\b|导联)|\*\d)", re.IGNORECASE)
+_NOT_A_MEASUREMENT_BEFORE = re.compile(r"(?:\d\*|\btype|\bstage|\bgrade|\bclass|\bstep|\bday|\bhour|\bpoint|\bleads?|"
+                                       r"\bnumber|\bNo\.|\bcase|\bitem|#|型|级|期)\s*$", re.IGNORECASE)
+# Counts: "2 findings", "3 of 4 criteria", "两项" is written without digits, "2项".
+_COUNT_AFTER = re.compile(r"^\s*(?:(?:abnormal|measured|candidate|positive|negative|other|more|additional|separate|"
+                          r"different)\s+)?(?:findings?|items?|results?|readings?|values?|measurements?|tests?|"
+                          r"criteri(?:on|a)|diseases?|diagnos[ie]s|candidates?|abnormalit(?:y|ies)|signs?|features?|"
+                          r"modalit(?:y|ies)|sets?|sentences?|points?|times?|of\b|out of\b)|^\s*[项个条种处]", re.IGNORECASE)
+_YEAR = re.compile(r"^(?:19|20)\d\d$")
+# The age: "67-year-old", "67 years old", "aged 67", "67岁".
+_AGE_AFTER = re.compile(r"^\s*-?\s*(?:years?|yrs?|y)(?:\s*-?\s*old\b|(?=\s+of\s+age))|^\s*岁|^\s*y/o\b", re.IGNORECASE)
+_AGE_BEFORE = re.compile(r"(?:\baged?|\bage of|年龄)\s*:?\s*$", re.IGNORECASE)
+# A unit that names exactly one kind of measurement ties its number to it ("112 bpm").
+# The first number of a pair ("150/95 mmHg") carries the pair's unit.
+_UNIT_TIES: tuple[tuple[re.Pattern, str, str], ...] = tuple(
+    (re.compile(r"^(?:\s*/\s*\d+(?:\.\d+)?)?\s*" + unit, re.IGNORECASE), kind, key) for unit, kind, key in (
+        (r"(?:bpm\b|beats?\s*(?:per|/)\s*min)", "vital", "heart_rate"),
+        (r"(?:°\s*[CF]\b|℃|℉|degrees?\s*(?:C|F|Celsius|Fahrenheit)\b|Cel\b)", "vital", "temperature"),
+        (r"mm\s*\[?Hg\]?", "vital", "blood_pressure"),
+        (r"breaths?\s*(?:per|/)\s*min", "vital", "resp_rate"),
+        (r"ms\b", "ecg", "ms"),
+        (r"mV\b", "ecg", "mV"),
+    ))
+# A denominator ("SIRS 2/4", "2 out of 4") after a score.
+_DENOMINATOR_BEFORE = re.compile(r"(?:/|\bout of|\bof)\s*$", re.IGNORECASE)
+
+# "Normal" claims. Not a claim: "above the upper limit of normal", "not normal", "the
+# normal range is 3.3-5.1" (a reference statement), "高于正常范围", "正常值上限".
+_NORMAL = re.compile(r"(?<![\w-])(?:within (?:the )?normal (?:limits|ranges?)|normal|unremarkable)(?![\w-])", re.IGNORECASE)
+_NOT_A_NORMAL_CLAIM_BEFORE = re.compile(r"(?:\babove|\bbelow|\bupper|\blower|\boutside|\bexceed\w*|\bbeyond|\bthan|"
+                                        r"\bof|\bnot|\bno longer|\bnear|\bborderline|\bto|\bfrom)\s+(?:the\s+)?$", re.IGNORECASE)
+_REFERENCE_AFTER = re.compile(r"^\s*(?:range|limits?|values?|ranges)\s*(?:is|are|of|:|=|\(|\d)", re.IGNORECASE)
+_NEGATED_ABNORMAL = re.compile(r"(?<![\w-])(?:no|none|nothing|not any|without)(?![\w-])(?P<mid>[^.;,:]{0,40}?)"
+                               r"(?<![\w-])abnormal(?:ity|ities)?(?![\w-])", re.IGNORECASE)
+_ITEM_GROUPS = {("ecg", "intervals")}
+_NORMAL_ZH = re.compile(r"(?<!高于)(?<!低于)(?<!超过)(?<!超出)(?<!偏离)(?<!不)正常(?!值?(?:上限|下限|高限|低限))")
+_NEGATED_ABNORMAL_ZH = re.compile(r"(?:没有|无|未见|未发现|均无)(?P<mid>[^，。；,;]{0,15}?)异常")
+
 # Tags whose contents are checked elsewhere (boxes) or are markup, not claims.
 _MARKUP = re.compile(r"<\s*ref\s*>.*?<\s*/\s*ref\s*>\s*<\s*box\s*>.*?<\s*/\s*box\s*>|<\s*box\s*>.*?<\s*/\s*box\s*>|"
-                     r"<\s*/?\s*(?:think|answer|ref|box)\s*>", re.S | re.I)
+                     r"<\s*/?\s*(?:think|answer|ref|box)\s*>", re.DOTALL | re.IGNORECASE)
+# A tag the generation was cut off in ("...hypertension).</").
+_PARTIAL_TAG = re.compile(r"<\s*/?\s*[a-z]*\s*$", re.IGNORECASE)
+_OPEN_THINK = re.compile(r"<\s*think\s*>", re.IGNORECASE)
+_CLOSE_THINK = re.compile(r"<\s*/\s*think\s*>", re.IGNORECASE)
+# A finished sentence ends with closing punctuation (quotes and brackets may follow it).
+_FINISHED = re.compile(r"[.!?。！？…][\"'”’)\]）】」]*$")
 # Sentence ends: ". " (not the point of a decimal), "!", "?", ";" and their Chinese forms, newlines.
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|(?<=;)\s*|(?<=[。！？；])|\n+")
+TRUNCATED_REASON = "cut off mid-sentence: the reasoning ends before this sentence does"
 
 
 @dataclass(frozen=True)
@@ -107,85 +165,66 @@ class UnsupportedClaim:
 
 @dataclass
 class ReasoningCheck:
-    """The reasoning with unsupported sentences removed, plus what was removed and why."""
+    """The reasoning with unsupported sentences removed, plus what was removed and why.
+
+    `n_sentences` counts every sentence, the partial last one of a cut-off reasoning
+    included; `truncated` says the reasoning was cut off (that partial sentence is in
+    `dropped` with `TRUNCATED_REASON`).
+    """
 
     text: str
     dropped: list[UnsupportedClaim] = field(default_factory=list)
     n_sentences: int = 0
+    truncated: bool = False
 
     @property
     def all_supported(self) -> bool:
         return not self.dropped
 
 
-# --------------------------------------------------------------------------- helpers
+# --------------------------------------------------------------------------- the case's facts
 
-def _term_pattern(term: str, any_case: bool = False) -> re.Pattern:
-    """A regex for one term: word-bounded for Latin text, case-sensitive for short
-    abbreviations ("HR", "BP", "Na") so that ordinary words do not match them."""
-    escaped = re.escape(term)
-    if re.search(r"[\u4e00-\u9fff]", term):  # Chinese: no word boundaries
-        return re.compile(escaped)
-    flags = re.I if any_case or not (len(term) <= 3 or term.isupper()) else 0
-    return re.compile(rf"(?<![\w-]){escaped}(?![\w])", flags)
+@dataclass
+class _CaseFacts:
+    """The case's values indexed by what they measure, built once per check."""
 
+    values: dict[tuple[str, str], list[float]]  # (kind, key) -> values in every unit the case's data allow
+    lab_bounds: dict[str, list[float]]  # catalogue key -> reference bounds
+    bounds: list[float]  # reference bounds and thresholds found in the results and evidence
+    screen_totals: dict[str, list[float]]  # SIRS / qSOFA -> number of criteria (a score's denominator)
+    readings: dict[tuple[str, str], list[bool]]  # (kind, key) -> abnormal flag of each reading
+    abnormal: dict[str, list[str]]  # modality -> names of its abnormal evidence items
+    image_only: list[str]  # image findings the case reports beyond its cxr evidence (labels, finding head)
+    genes: set[str]
+    modalities: set[str]
+    ecg_leads: set[str]  # upper-case lead names of the recording
+    lead_findings: dict[str, set[str]]  # ECG lead finding label -> upper-case leads the reader reports it in
+    findings: set[str] | None  # canonical image findings the case reports; None when nothing says which
+    note_numbers: set[tuple[float, str]]  # (number, the word after it) as the notes write them
 
-@lru_cache(maxsize=1)
-def _lab_terms() -> tuple[tuple[str, re.Pattern], ...]:
-    """(catalogue key, pattern) for every name, synonym and Chinese name of the catalogue."""
-    out: list[tuple[str, re.Pattern]] = []
-    for entry in load_lab_catalogue():
-        terms = {entry.name, *(s for s in entry.synonyms), *(x for x in (entry.zh,) if x)}
-        if len(entry.key) > 3:
-            terms.add(entry.key.replace("_", " "))
-        for t in terms:
-            # Single letters ("K") and lower-case short forms ("cr", "co2") match ordinary text.
-            if len(t) < 2 or (len(t) <= 3 and t.islower()):
-                continue
-            out.append((entry.key, _term_pattern(t)))
-    # Generic names that cover two catalogue entries.
-    out.append(("troponin", _term_pattern("troponin")))
-    out.append(("troponin", _term_pattern("肌钙蛋白")))
-    return tuple(out)
+    def of(self, kind: str, key: str) -> list[float]:
+        return self.values.get((kind, key), [])
 
 
-@lru_cache(maxsize=1)
-def _vital_terms() -> tuple[tuple[str, re.Pattern], ...]:
-    return tuple((key, _term_pattern(t)) for key, terms in VITAL_TERMS.items() for t in terms)
+def canonical_finding(label: str) -> str:
+    """The `FINDING_TERMS` label a case's finding label names ('Effusion' -> 'pleural effusion')."""
+    low = " ".join(label.lower().replace("_", " ").split())
+    for canonical, terms in FINDING_TERMS.items():
+        if low == canonical or low in (t.lower() for t in terms):
+            return canonical
+    return low
 
 
-@lru_cache(maxsize=1)
-def _ecg_terms() -> tuple[tuple[str, re.Pattern], ...]:
-    return tuple((key, _term_pattern(t)) for key, terms in ECG_TERMS.items() for t in terms)
-
-
-@lru_cache(maxsize=1)
-def _modality_terms() -> tuple[tuple[str, re.Pattern], ...]:
-    return tuple((m, _term_pattern(t, any_case=True)) for m, terms in MODALITY_TERMS.items() for t in terms)
-
-
-@lru_cache(maxsize=8)
-def _panel_thresholds(panel: Panel) -> frozenset[float]:
-    """Numbers in the panel's evidence descriptions ("BP >= 140/90", "HbA1c >= 6.5 %")."""
-    nums: set[float] = set()
-    for d in panel:
-        for text in d.evidence.values():
-            nums.update(float(x) for x in re.findall(r"\d+(?:\.\d+)?", str(text)))
-    return frozenset(nums)
-
-
-def _negated(sentence: str, start: int, end: int) -> bool:
-    return bool(_ABSENCE_BEFORE.search(sentence[:start]) or _ABSENCE_AFTER.search(sentence[end:]))
-
-
-def _matches(written: str, value: float) -> bool:
-    """True when the number as written equals `value` at the written precision (a model
-    that writes 2.1 for 2.13 is rounding, not inventing), or within 1 %."""
-    text = written
-    x = float(text)
-    decimals = len(text.split(".", 1)[1]) if "." in text else 0
-    tolerance = 0.5 * 10 ** (-decimals) + 1e-9
-    return abs(x - value) <= tolerance or (value != 0 and abs(x - value) <= 0.01 * abs(value))
+def _lab_values(r, entry) -> list[float]:
+    """A lab result's value as given, as the source gave it, and in every unit its catalogue
+    entry knows (a model may write a glucose of 180 mg/dL as 10 mmol/L)."""
+    values = [v for v in (r.value, r.source_value) if v is not None]
+    if entry is not None and r.value is not None:
+        canonical = entry.to_canonical(r.value, r.unit)
+        if canonical is not None:
+            values.append(canonical)
+            values += [(canonical - offset) / factor for factor, offset in entry.units.values() if factor]
+    return values
 
 
 def _numbers_in(obj) -> list[float]:
@@ -203,93 +242,150 @@ def _numbers_in(obj) -> list[float]:
     return []
 
 
-@dataclass
-class _CaseFacts:
-    """The case's values indexed by what they measure, built once per check."""
-
-    labs: dict[str, list[float]]  # catalogue key (or local name) -> values (source and canonical units)
-    lab_bounds: dict[str, list[float]]  # catalogue key -> reference bounds
-    vitals: dict[str, list[float]]  # VITAL_TERMS key -> values
-    ecg: dict[str, list[float]]  # ECG_TERMS key -> values
-    all_values: list[float]  # every number in the case's evidence and results
-    bounds: list[float]  # reference bounds and thresholds found in the evidence
-    genes: set[str]
-    modalities: set[str]
+def _next_word(text: str) -> str:
+    m = re.match(r"\s*-?\s*([^\W\d_]+)", text)
+    return m.group(1).lower().rstrip("s") if m else ""
 
 
-def _case_facts(case: PatientCase, evidence: list[Evidence]) -> _CaseFacts:
-    labs: dict[str, list[float]] = {}
+def _case_facts(case: PatientCase, evidence: list[Evidence], head_findings: Iterable[str] | None) -> _CaseFacts:
+    values: dict[tuple[str, str], list[float]] = {}
+    readings: dict[tuple[str, str], list[bool]] = {}
+    abnormal: dict[str, list[str]] = {}
     lab_bounds: dict[str, list[float]] = {}
-    all_values: list[float] = []
     bounds: list[float] = []
+
+    def add(kind: str, key: str, nums: Iterable[float]) -> None:
+        values.setdefault((kind, key), []).extend(nums)
+
     for r, entry in zip(case.labs, lab_entries(case), strict=True):
         key = entry.key if entry is not None else r.name.lower()
-        values = [v for v in (r.value, r.source_value) if v is not None]
-        if entry is not None and r.value is not None:
-            canonical = entry.to_canonical(r.value, r.unit)
-            if canonical is not None:
-                values.append(canonical)
-        labs.setdefault(key, []).extend(values)
+        nums = _lab_values(r, entry)
+        add("lab", key, nums)
         if key.startswith("troponin"):
-            labs.setdefault("troponin", []).extend(values)
+            add("lab", "troponin", nums)
         item_bounds = [b for b in (r.ref_low, r.ref_high) if b is not None]
         if entry is not None:
             item_bounds += [b for b in (*entry.ref, *entry.critical) if b is not None]
         lab_bounds.setdefault(key, []).extend(item_bounds)
-        all_values.extend(values)
         bounds.extend(item_bounds)
-    vitals: dict[str, list[float]] = {k: [] for k in VITAL_TERMS}
     for v in case.vitals:
         for key, fields in _VITAL_FIELDS_OF.items():
-            vitals[key].extend(float(getattr(v, f)) for f in fields if getattr(v, f) is not None)
-    for f in VITAL_FIELDS:
-        all_values.extend(float(getattr(v, f)) for v in case.vitals if getattr(v, f) is not None)
-    ecg: dict[str, list[float]] = {k: [] for k in ECG_TERMS}
+            add("vital", key, (float(getattr(v, f)) for f in fields if getattr(v, f) is not None))
+        if v.temperature is not None:
+            add("vital", "temperature", [v.temperature * 9 / 5 + 32])  # the same reading in °F
+    screen_totals: dict[str, list[float]] = {}
+    lead_findings: dict[str, set[str]] = {label: set() for label in ECG_LEAD_FINDING_TERMS}
     for ev in evidence:
         nums = _numbers_in(ev.value)
-        all_values.extend(nums)
-        # Reference ranges and thresholds carried in the evidence's detail are criteria.
         for k, val in ev.detail.items():
             if any(s in k for s in ("ref", "threshold", "critical", "limit")):
-                bounds.extend(_numbers_in(val))
-            else:
-                all_values.extend(_numbers_in(val))
-        if ev.modality == "ecg":
+                bounds.extend(_numbers_in(val))  # reference ranges and thresholds are criteria
+        keys: list[tuple[str, str]] = []
+        if ev.modality == "labs":
+            keys = [("lab", ev.item)] + ([("lab", "troponin")] if ev.item.startswith("troponin") else [])
+        elif ev.modality == "vitals":
+            keys = [("vital", ev.item)]
+            if ev.item in ("SIRS", "qSOFA"):
+                add("vital", ev.item, nums)
+                total = sum(len(ev.detail.get(k) or ()) for k in ("met", "not_met", "missing"))
+                screen_totals.setdefault(ev.item, []).append(float(total))
+        elif ev.modality == "ecg":
+            item = ev.item.lower()
             if ev.item == "heart_rate":
-                vitals["heart_rate"].extend(nums)  # "heart rate 110" may cite the ECG rate
+                add("vital", "heart_rate", nums)  # "heart rate 110" may cite the ECG rate
+                keys.append(("vital", "heart_rate"))
             for key, substrings in ECG_TERMS.items():
-                if any(s.lower() in ev.item.lower() for s in substrings) or (key == "QTc" and "qt" in ev.item.lower()):
-                    ecg[key].extend(nums)
+                if any(s.lower() in item for s in substrings) or (key == "QTc" and "qt" in item):
+                    add("ecg", key, nums)
+                    keys.append(("ecg", key))
+            if ev.unit in ("ms", "mV"):
+                add("ecg", ev.unit, nums)
+            if ev.unit == "ms":
+                keys.append(("ecg", "intervals"))
+            if ev.item == "rhythm":
+                keys.append(("ecg", "rhythm"))
+            for label in ECG_LEAD_FINDING_TERMS:
+                if ev.item.startswith(label + " "):
+                    lead_findings[label].add(ev.item[len(label) + 1:].strip().upper())
+        elif ev.modality == "genomics" and ev.detail.get("vaf") is not None:
+            add("vaf", "vaf", [ev.detail["vaf"], ev.detail["vaf"] * 100])
+        for key in keys:
+            readings.setdefault(key, []).append(ev.abnormal)
+        if ev.abnormal and ev.modality != "demographics":
+            abnormal.setdefault(ev.modality, []).append(ev.item.replace("_", " "))
     if case.demographics.age is not None:
-        all_values.append(float(case.demographics.age))
-    for g in case.genomics:
-        if g.vaf is not None:
-            all_values += [g.vaf, g.vaf * 100]
-    return _CaseFacts(labs=labs, lab_bounds=lab_bounds, vitals=vitals, ecg=ecg, all_values=all_values,
-                      bounds=bounds, genes={g.gene.upper() for g in case.genomics}, modalities=set(case.modalities()))
+        add("age", "age", [float(case.demographics.age)])
+    findings = _known_findings(case, head_findings)
+    # Labelled or located findings that are not evidence: they make the image abnormal,
+    # but they are not "measured items" (the diagnosis targets' "no measured item is
+    # abnormal" beside "Chest X-ray: nodule" is faithful).
+    image_only = sorted((findings or set()) - {canonical_finding(x) for x in abnormal.get("cxr", [])})
+    note_numbers = {(float(m.group(0).replace(",", "")), _next_word(note.text[m.end():]))
+                    for note in case.notes for m in _NUMBER.finditer(note.text)}
+    return _CaseFacts(values=values, lab_bounds=lab_bounds, bounds=bounds, screen_totals=screen_totals,
+                      readings=readings, abnormal=abnormal, image_only=image_only, genes={g.gene.upper() for g in case.genomics},
+                      modalities=set(case.modalities()),
+                      ecg_leads={n.upper() for n in case.ecg.leads} if case.ecg is not None else set(),
+                      lead_findings=lead_findings, findings=findings, note_numbers=note_numbers)
 
 
-def _mentions(sentence: str, terms: tuple[tuple[str, re.Pattern], ...]) -> list[tuple[int, int, str]]:
-    """(start, end, key) of every term occurrence, in order; a match inside a longer one is
-    not a mention of its own ("Hemoglobin A1c" names HbA1c, not hemoglobin; "N末端B型利钠肽原"
-    is NT-proBNP, not BNP)."""
-    found = []
-    for key, pat in terms:
-        for m in pat.finditer(sentence):
-            found.append((m.start(), m.end(), key))
-    found.sort(key=lambda t: (t[0], -(t[1] - t[0])))
-    kept: list[tuple[int, int, str]] = []
-    for start, end, key in found:
-        if any(s <= start and end <= e and (e - s) > (end - start) for s, e, _ in found):
-            continue
-        kept.append((start, end, key))
-    return kept
+def _known_findings(case: PatientCase, head_findings: Iterable[str] | None) -> set[str] | None:
+    """The image findings the case reports: supplied with the images, labelled, or located
+    by the finding head. None when nothing says which findings the image has (an
+    unlabelled image, no head run), so only the image's presence can be checked."""
+    if not case.cxr:
+        return None
+    sources = [f.label for image in case.cxr for f in image.findings]
+    said = bool(sources)
+    if case.labels is not None:
+        sources += [f.label for f in case.labels.findings]
+        said = True
+    if head_findings is not None:
+        sources += list(head_findings)
+        said = True
+    return {canonical_finding(s) for s in sources} if said else None
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _negated(sentence: str, start: int, end: int) -> bool:
+    return bool(_ABSENCE_BEFORE.search(sentence[:start]) or _ABSENCE_AFTER.search(sentence[end:]))
+
+
+def _matches(written: str, value: float) -> bool:
+    """True when the number as written equals `value` at the written precision (a model
+    that writes 2.1 for 2.13 is rounding, not inventing), or within 1 %."""
+    x = float(written)
+    decimals = len(written.split(".", 1)[1]) if "." in written else 0
+    tolerance = 0.5 * 10 ** (-decimals) + 1e-9
+    return abs(x - value) <= tolerance or (value != 0 and abs(x - value) <= 0.01 * abs(value))
+
+
+@dataclass(frozen=True)
+class _Clauses:
+    """Clause boundaries of one sentence: which mentions share a number's clause."""
+
+    starts: list[int]
+
+    def of(self, pos: int) -> int:
+        return bisect_right(self.starts, pos) - 1
+
+    def nearest(self, pos: int, found: list[tuple[int, int, str, str]], before: bool) -> tuple[str, str] | None:
+        """(kind, key) of the mention nearest `pos` in its clause, before or after it."""
+        clause = self.of(pos)
+        if before:
+            hits = [m for m in found if m[1] <= pos and self.of(m[0]) == clause]
+            return hits[-1][2:] if hits else None
+        hits = [m for m in found if m[0] >= pos and self.of(m[0]) == clause]
+        return hits[0][2:] if hits else None
 
 
 # A source citation as `Evidence.cite()` writes it: "[labs[3]]", "[vitals[0], vitals[2]]",
 # "[ecg:lead V2]", "[cxr[0]:finding 1]". It points into the case; its numbers are indices.
 _CITATION = re.compile(r"\[((?:labs|vitals|cxr|genomics)\[\d+\][^\[\]]*(?:\[\d+\][^\[\]]*)*|ecg(?::[^\[\]]*)?)\]")
 _CITED_INDEX = re.compile(r"(labs|vitals|cxr|genomics)\[(\d+)\]")
+# Evidence numbering in a reasoning ("[E3]", "[E1, E4]"): a pointer, not a value.
+_EVIDENCE_NUMBER = re.compile(r"\[E\d+(?:\s*,\s*E\d+)*\]", re.IGNORECASE)
 
 
 def _citation_problem(sentence: str, case: PatientCase) -> tuple[str, str | None]:
@@ -301,65 +397,226 @@ def _citation_problem(sentence: str, case: PatientCase) -> tuple[str, str | None
                 problem = problem or f"cites {kind}[{index}], which the case does not have"
         if m.group(1).startswith("ecg") and case.ecg is None:
             problem = problem or "cites the ECG but the case has no ECG"
-    return _CITATION.sub(lambda m: " " * len(m.group(0)), sentence), problem
+    blank = _CITATION.sub(lambda m: " " * len(m.group(0)), sentence)
+    return _EVIDENCE_NUMBER.sub(lambda m: " " * len(m.group(0)), blank), problem
 
 
-def _sentence_problem(sentence: str, facts: _CaseFacts, thresholds: frozenset[float]) -> str | None:
-    """The first unsupported claim in one sentence, as a short reason; None when all is backed."""
-    for modality, pat in _modality_terms():
+# --------------------------------------------------------------------------- per-claim checks
+
+def _modality_problem(sentence: str, facts: _CaseFacts) -> str | None:
+    for modality, pat in modality_terms():
         for m in pat.finditer(sentence):
             if modality not in facts.modalities and not _negated(sentence, m.start(), m.end()):
                 return f"mentions {modality} findings but the case has no {modality}"
+    return None
+
+
+def _gene_problem(sentence: str, facts: _CaseFacts) -> str | None:
     genes = set(KNOWN_GENES) | facts.genes
     for m in re.finditer(r"(?<![\w-])([A-Z][A-Z0-9]{1,6})(?![\w])", sentence):
         gene = m.group(1)
         if gene in genes and gene not in facts.genes and not _negated(sentence, m.start(), m.end()):
             return f"mentions a {gene} variant the case does not list"
-    lab_mentions = _mentions(sentence, _lab_terms())
-    for start, end, key in lab_mentions:
-        if key not in facts.labs and not _negated(sentence, start, end):
-            return f"mentions {key.replace('_', ' ')} but the case has no such result"
-    # Bind each number to the nearest item named before it in the sentence.
-    anchors: list[tuple[int, str, str]] = []  # (end position, kind, key)
-    anchors += [(e, "lab", k) for _, e, k in lab_mentions]
-    anchors += [(e, "vital", k) for _, e, k in _mentions(sentence, _vital_terms())]
-    anchors += [(e, "ecg", k) for _, e, k in _mentions(sentence, _ecg_terms())]
-    anchors.sort()
-    criterion = False
-    for m in _NUMBER.finditer(sentence):
-        written = m.group(0).lstrip("+")
-        if _NOT_A_MEASUREMENT_AFTER.match(sentence[m.end():]) or _NOT_A_MEASUREMENT_BEFORE.search(sentence[:m.start()]):
-            continue
-        if not sentence[:m.start()].strip() and sentence[m.end():m.end() + 1] in (".", ")", "、"):
-            continue  # list numbering: "2. Creatinine ...", "3) ..."
-        value = float(written)
-        before = [a for a in anchors if a[0] <= m.start()]
-        # The second number of a pair ("140/90") is whatever the first one was.
-        paired = bool(re.search(r"\d\s*/\s*$", sentence[:m.start()]))
-        criterion = criterion if paired else bool(_COMPARISON.search(sentence[:m.start()]))
-        if before:
-            _, kind, key = before[-1]
-            values = (facts.labs if kind == "lab" else facts.vitals if kind == "vital" else facts.ecg).get(key, [])
-            if kind == "lab" and key == "troponin":
-                values = facts.labs.get("troponin", [])
-            if any(_matches(written, v) for v in values):
-                continue
-            if criterion and (any(_matches(written, b) for b in facts.lab_bounds.get(key, []) + facts.bounds)
-                              or value in thresholds):
-                continue
-            name = key.replace("_", " ")
-            if not values:
-                if kind == "ecg" and "ecg" in facts.modalities and any(_matches(written, v) for v in facts.all_values):
-                    continue
-                return f"states {written} for {name}, which the case does not report"
-            return f"states {written} for {name}, which does not match the case"
-        if any(_matches(written, v) for v in facts.all_values):
-            continue
-        if criterion and (value in thresholds or any(_matches(written, b) for b in facts.bounds)):
-            continue
-        return f"states the number {written}, which the case does not contain"
     return None
 
+
+def _lab_problem(sentence: str, facts: _CaseFacts, lab_mentions: list[Mention]) -> str | None:
+    for start, end, key in lab_mentions:
+        if ("lab", key) not in facts.values and not _negated(sentence, start, end):
+            return f"mentions {key.replace('_', ' ')} but the case has no such result"
+    return None
+
+
+def _finding_problem(sentence: str, facts: _CaseFacts) -> str | None:
+    """Image findings need an image, and (where the case says which) must be among its findings."""
+    for start, end, label in finding_mentions(sentence):
+        negated = _negated(sentence, start, end)
+        if "cxr" not in facts.modalities:
+            if not negated:
+                return f"mentions {label} but the case has no chest X-ray"
+            continue
+        if facts.findings is None:
+            continue
+        if negated and label in facts.findings:
+            return f"denies {label}, which the case's image findings include"
+        if not negated and label not in facts.findings:
+            return f"mentions {label}, which the case's image findings do not include"
+    return None
+
+
+def _ecg_lead_problem(sentence: str, facts: _CaseFacts, clauses: _Clauses) -> str | None:
+    """ECG lead findings must be what the reader reported, in the leads named; a lead named
+    on its own must be one the recording has."""
+    finds = mentions(sentence, ecg_lead_finding_terms())
+    leads = lead_mentions(sentence, ecg_context=bool(finds))
+    if not finds and not leads:
+        return None
+    if "ecg" not in facts.modalities:
+        for start, end, label in finds:
+            if not _negated(sentence, start, end):
+                return f"mentions {label} but the case has no ECG"
+        if leads and not _negated(sentence, leads[0][0], leads[0][1]):
+            return f"names lead {leads[0][2][0]} but the case has no ECG"
+        return None
+    bound: dict[int, list[str]] = {}  # index into finds -> leads named for it
+    found = [(s, e, "lead_finding", str(i)) for i, (s, e, _) in enumerate(finds)]
+    for start, _, names in leads:
+        tie = clauses.nearest(start, found, before=True) or clauses.nearest(start, found, before=False)
+        if tie is None:
+            absent = [n for n in names if n.upper() not in facts.ecg_leads]
+            if absent:
+                return f"names lead {absent[0]}, which the ECG does not have"
+            continue
+        bound.setdefault(int(tie[1]), []).extend(names)
+    for i, (start, end, label) in enumerate(finds):
+        reported = facts.lead_findings.get(label, set())
+        named = bound.get(i, [])
+        if _negated(sentence, start, end):
+            contradicted = [n for n in named if n.upper() in reported] if named else sorted(reported)
+            if contradicted:
+                return f"denies {label} in {', '.join(contradicted)}, which the ECG reading reports there"
+            continue
+        if not named and not reported:
+            return f"states {label}, which the ECG reading does not report"
+        missing = [n for n in named if n.upper() not in reported]
+        if missing:
+            return f"states {label} in {', '.join(missing)}, which the ECG reading does not report there"
+    return None
+
+
+def _normal_claims(sentence: str) -> list[tuple[int, int, int, int]]:
+    """(claim start, claim end, inner start, inner end) of each "normal" claim; the inner
+    span of "no <...> abnormal" holds what it is about."""
+    claims = []
+    for m in _NORMAL.finditer(sentence):
+        if _NOT_A_NORMAL_CLAIM_BEFORE.search(sentence[:m.start()]) or _REFERENCE_AFTER.match(sentence[m.end():]):
+            continue
+        claims.append((m.start(), m.end(), m.end(), m.end()))
+    for m in _NORMAL_ZH.finditer(sentence):
+        claims.append((m.start(), m.end(), m.end(), m.end()))
+    for pat in (_NEGATED_ABNORMAL, _NEGATED_ABNORMAL_ZH):
+        for m in pat.finditer(sentence):
+            claims.append((m.start(), m.end(), m.start("mid"), m.end("mid")))
+    return sorted(claims)
+
+
+def _normality_problem(sentence: str, facts: _CaseFacts, clauses: _Clauses,
+                       items: list[tuple[int, int, str, str]]) -> str | None:
+    """A claim that a test, a modality or everything is normal, against the abnormal items."""
+    claims = _normal_claims(sentence)
+    if not claims:
+        return None
+    words = [(s, e, *k.split(":", 1)) if ":" in k else (s, e, k, k) for s, e, k in mentions(sentence, scope_terms())]
+    # A scope word inside a test's name ("间期" in "PR间期") is that test, not a scope of its own.
+    scopes = sorted(items + [w for w in words if not any(s <= w[0] and w[1] <= e and (s, e) != w[:2]
+                                                         for s, e, *_ in items)])
+    for start, end, inner_start, inner_end in claims:
+        clause = clauses.of(start)
+        same = [m for m in scopes if clauses.of(m[0]) == clause]
+        inside = [m for m in same if inner_start <= m[0] and m[1] <= inner_end]
+        before = [m for m in same if m[1] <= start]
+        after = [m for m in same if m[0] >= end and m[0] - end <= 30]
+        chosen = inside[-1] if inside else after[0] if after and not before else before[-1] if before else None
+        if chosen is None:
+            continue
+        kind, key = chosen[2], chosen[3]
+        if kind == "all":
+            modal = [m for m in same if m[2] == "modality"]
+            kind, key = ("modality", modal[0][3]) if modal else ("all", "all")
+        if kind == "all":
+            bad = list(dict.fromkeys(item for items_ in facts.abnormal.values() for item in items_))
+            if bad:
+                return f"says no item is abnormal, but the case has abnormal items ({', '.join(bad[:4])})"
+        elif kind == "modality":
+            bad = list(dict.fromkeys(facts.abnormal.get(key, []) + (facts.image_only if key == "cxr" else [])))
+            if bad:
+                return f"calls {key} normal, but the case has abnormal {key} items ({', '.join(bad[:4])})"
+        elif kind in ("lab", "vital", "ecg"):
+            flags = facts.readings.get((kind, key), [])
+            # One test read several times is "normal" if some reading is; a group of items
+            # ("the intervals") is not if any of them is abnormal.
+            if flags and (any(flags) if (kind, key) in _ITEM_GROUPS else all(flags)):
+                return f"calls {key.replace('_', ' ')} normal, but the case reads it as abnormal"
+    return None
+
+
+def _number_problem(sentence: str, facts: _CaseFacts, thresholds: frozenset[float], clauses: _Clauses,
+                    anchors: list[tuple[int, int, str, str]]) -> str | None:
+    """Every number must be the value of the test it is tied to (see the module docstring)."""
+    lead_spans = [(s, e) for s, e, _ in lead_mentions(sentence)]
+    criterion = False
+    previous: tuple[str, str] | None = None
+    for m in _NUMBER.finditer(sentence):
+        written = m.group(0).lstrip("+").replace(",", "")
+        before, after = sentence[:m.start()], sentence[m.end():]
+        if any(s <= m.start() < e for s, e in lead_spans):
+            continue  # "V4-6"
+        if _NOT_A_MEASUREMENT_AFTER.match(after) or _NOT_A_MEASUREMENT_BEFORE.search(before):
+            continue
+        if not before.strip() and after[:1] in (".", ")", "、"):
+            continue  # list numbering: "2. Creatinine ...", "3) ..."
+        value = float(written)
+        # The second number of a pair ("140/90") or a range ("0.5-1.2") is whatever the first was.
+        paired = bool(re.search(r"\d\s*[/\-–]\s*$", before))
+        criterion = criterion if paired else bool(_COMPARISON.search(before))
+        tie = _tie(m.start(), before, after, clauses, anchors)
+        if tie is None and paired and previous is not None:
+            tie = previous
+        previous = tie
+        if tie is None:
+            if _COUNT_AFTER.match(after) or (_YEAR.match(written) and "." not in written):
+                continue
+            if (value, _next_word(after)) in facts.note_numbers and _next_word(after):
+                continue  # the notes say it the same way ("15 pack-years")
+            if criterion and (value in thresholds or any(_matches(written, b) for b in facts.bounds)):
+                continue
+            return f"states the number {written} without naming the test it belongs to"
+        kind, key = tie
+        values = facts.of(kind, key)
+        if any(_matches(written, v) for v in values):
+            continue
+        if kind == "vital" and key in facts.screen_totals and _DENOMINATOR_BEFORE.search(before) and \
+                any(_matches(written, v) for v in facts.screen_totals[key]):
+            continue
+        if criterion and (any(_matches(written, b) for b in facts.lab_bounds.get(key, []) + facts.bounds)
+                          or value in thresholds):
+            continue
+        name = "age" if kind == "age" else key.replace("_", " ")
+        if not values:
+            return f"states {written} for {name}, which the case does not report"
+        return f"states {written} for {name}, which does not match the case"
+    return None
+
+
+def _tie(pos: int, before: str, after: str, clauses: _Clauses,
+         anchors: list[tuple[int, int, str, str]]) -> tuple[str, str] | None:
+    """What a number at `pos` measures: the age, the measurement its unit names, the test
+    named before it in its clause, or the test named after it there; None if nothing."""
+    if _AGE_AFTER.match(after) or _AGE_BEFORE.search(before):
+        return ("age", "age")
+    unit = next(((kind, key) for pat, kind, key in _UNIT_TIES if pat.match(after)), None)
+    named = clauses.nearest(pos, anchors, before=True)
+    if named is not None and (unit is None or named[0] == unit[0] == "ecg" or named == unit):
+        return named
+    return unit or clauses.nearest(pos, anchors, before=False)
+
+
+def _sentence_problem(sentence: str, facts: _CaseFacts, thresholds: frozenset[float]) -> str | None:
+    """The first unsupported claim in one sentence, as a short reason; None when all is backed."""
+    lab_mentions = mentions(sentence, lab_terms())
+    anchors = sorted([(s, e, "lab", k) for s, e, k in lab_mentions]
+                     + [(s, e, "vital", k) for s, e, k in mentions(sentence, vital_terms())]
+                     + [(s, e, "ecg", k) for s, e, k in mentions(sentence, ecg_terms())]
+                     + [(m.start(), m.end(), "vaf", "vaf") for p in _VAF_TERMS for m in p.finditer(sentence)])
+    clauses = _Clauses(clause_index(sentence))
+    return (_modality_problem(sentence, facts) or _gene_problem(sentence, facts)
+            or _lab_problem(sentence, facts, lab_mentions) or _finding_problem(sentence, facts)
+            or _ecg_lead_problem(sentence, facts, clauses)
+            or _normality_problem(sentence, facts, clauses, anchors)
+            or _number_problem(sentence, facts, thresholds, clauses, anchors))
+
+
+# --------------------------------------------------------------------------- the check
 
 def split_sentences(text: str) -> list[str]:
     """Sentences of a reasoning text (decimal points do not end a sentence)."""
@@ -374,19 +631,40 @@ def split_sentences(text: str) -> list[str]:
     return out
 
 
-def check_reasoning(text: str, case: PatientCase, evidence: list[Evidence], panel: Panel | None = None) -> ReasoningCheck:
+@lru_cache(maxsize=8)
+def _panel_thresholds(panel: Panel) -> frozenset[float]:
+    """Numbers in the panel's evidence descriptions ("BP >= 140/90", "HbA1c >= 6.5 %")."""
+    nums: set[float] = set()
+    for d in panel:
+        for text in d.evidence.values():
+            nums.update(float(x) for x in re.findall(r"\d+(?:\.\d+)?", str(text)))
+    return frozenset(nums)
+
+
+def check_reasoning(text: str, case: PatientCase, evidence: list[Evidence], panel: Panel | None = None,
+                    findings: Iterable[str] | None = None) -> ReasoningCheck:
     """Remove the sentences of `text` whose claims the case does not back (see module doc).
 
     `evidence` is `interpret_case(case)` (already computed by the caller); `panel`
-    supplies the criteria thresholds a sentence may quote ("BP >= 140/90").
+    supplies the criteria thresholds a sentence may quote ("BP >= 140/90"); `findings`
+    are the image finding labels the finding head located (None: it did not run), which
+    a sentence may name besides the case's own findings. `text` may be the raw
+    generation: an opening `<think>` without its closing tag marks it as cut off.
     """
     panel = panel or load_panel()
-    facts = _case_facts(case, evidence)
+    facts = _case_facts(case, evidence, findings)
     thresholds = _panel_thresholds(panel)
     kept: list[str] = []
     dropped: list[UnsupportedClaim] = []
-    sentences = split_sentences(_MARKUP.sub(" ", text))
-    for sentence in sentences:
+    think = parse_think(text)  # a whole generation: its reasoning is the <think> block
+    sentences = split_sentences(_PARTIAL_TAG.sub("", _MARKUP.sub(" ", text if think is None else think)))
+    unfinished = bool(sentences) and not _FINISHED.search(sentences[-1])
+    truncated = unfinished or bool(_OPEN_THINK.search(text) and not _CLOSE_THINK.search(text))
+    for i, sentence in enumerate(sentences):
+        if unfinished and i == len(sentences) - 1:
+            # A partial claim is not shown as fact, whatever it says; it is counted, not lost.
+            dropped.append(UnsupportedClaim(sentence=sentence, reason=TRUNCATED_REASON))
+            continue
         masked, problem = _citation_problem(sentence, case)
         problem = problem or _sentence_problem(masked, facts, thresholds)
         if problem is None:
@@ -394,7 +672,7 @@ def check_reasoning(text: str, case: PatientCase, evidence: list[Evidence], pane
         else:
             dropped.append(UnsupportedClaim(sentence=sentence, reason=problem))
     joiner = "" if any(re.search(r"[\u4e00-\u9fff]", s) for s in kept) else " "
-    return ReasoningCheck(text=joiner.join(kept), dropped=dropped, n_sentences=len(sentences))
+    return ReasoningCheck(text=joiner.join(kept), dropped=dropped, n_sentences=len(sentences), truncated=truncated)
 
 
 # --------------------------------------------------------------------------- evidence values
