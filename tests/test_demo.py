@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 import yaml
+from sklearn.metrics import jaccard_score
 
 from medfuse.cli import main
+from medfuse.knowledge.panel import load_panel
 from medfuse.record import read_case
+from medfuse.record.store import iter_cohort
 
 
 def test_demo_imports_samples_diagnoses_a_fresh_cohort_and_writes_the_summary(tmp_path, capsys):
@@ -36,6 +40,16 @@ def test_demo_imports_samples_diagnoses_a_fresh_cohort_and_writes_the_summary(tm
     results = [json.loads(line) for line in (out_dir / "results.jsonl").read_text().splitlines()]
     assert len(results) == 4 and {"diagnoses", "evidence", "findings", "modality_weights"} <= set(results[0])
     scores = json.loads((out_dir / "scores.json").read_text())
-    assert scores["n_cases"] == 4 and 0.0 <= scores["mean_jaccard"] <= 1.0
+    # scores.json is the score of results.jsonl against the fresh cohort's labels,
+    # recomputed here with scikit-learn (two empty sets agree: Jaccard 1).
+    panel = load_panel()
+    cohort = list(iter_cohort(out_dir / "synth_cohort"))
+    gold = [{panel.lookup(n).name for n in c.labels.disease_names()} for c in cohort]
+    pred = [{d["name"] for d in r["diagnoses"] if d["present"]} for r in results]
+    names = sorted(set().union(*gold, *pred))
+    multi_hot = lambda sets: [[n in s for n in names] for s in sets]  # noqa: E731
+    expected = jaccard_score(multi_hot(gold), multi_hot(pred), average="samples", zero_division=1) if names else 1.0
+    assert scores["n_cases"] == len(cohort) == 4
+    assert scores["mean_jaccard"] == pytest.approx(expected, abs=1e-4)
     page = (out_dir / "summary.html").read_text()
     assert page.count("data:image/png;base64,") >= 2 and "scores" in page.lower()

@@ -25,14 +25,13 @@ from sklearn.multiclass import OneVsRestClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import MaxAbsScaler
 
+from medfuse.interpret import ecg as interpret_ecg_mod
+from medfuse.interpret import labs as interpret_labs_mod
+from medfuse.interpret import vitals as interpret_vitals_mod
 from medfuse.knowledge.labs import load_lab_catalogue
 from medfuse.knowledge.panel import load_panel
 from medfuse.record.case import PatientCase
 from medfuse.synth.cohort import SynthConfig, synth_case
-
-interpret_ecg_mod = pytest.importorskip("medfuse.interpret.ecg")
-interpret_labs_mod = pytest.importorskip("medfuse.interpret.labs")
-interpret_vitals_mod = pytest.importorskip("medfuse.interpret.vitals")
 
 # 240 cases keep the test under a minute on 2 shared cores: the ECG reader (~150 ms per
 # 12-lead record) dominates. Measured with this seed, macro-F1 on the 72 held-out cases:

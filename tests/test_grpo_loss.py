@@ -13,15 +13,14 @@ from __future__ import annotations
 import math
 import warnings
 
+import datasets
 import pytest
 import torch
+import trl
 
 from medfuse.train.grpo_loss import group_advantages, grpo_per_token_loss, selective_log_softmax
 
 torch.set_num_threads(1)
-
-trl = pytest.importorskip("trl")
-datasets = pytest.importorskip("datasets")
 
 TEMPERATURE = 0.7  # != 1 so that the temperature scaling of the log-probs is compared too
 MAX_COMPLETION = 7
