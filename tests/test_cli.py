@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from PIL import Image
+
 from medfuse.cli import main
 from medfuse.record import write_case
 
@@ -39,3 +41,82 @@ def test_usage_errors_exit_2_without_traceback():
         r = run(*args)
         assert r.returncode == 2, args
         assert "Traceback" not in r.stderr
+
+
+def _leaf_commands(group, path=()):
+    """(verb words, click command) for every command of the app, groups walked down."""
+    for name, command in sorted(group.commands.items()):
+        if hasattr(command, "commands"):
+            yield from _leaf_commands(command, (*path, name))
+        else:
+            yield (*path, name), command
+
+
+def test_usage_errors_are_one_line_for_every_verb(capsys):
+    import typer
+
+    from medfuse.cli.app import app
+
+    verbs = list(_leaf_commands(typer.main.get_command(app)))
+    assert len(verbs) >= 20
+    for words, _ in verbs:
+        assert main([*words, "--no-such-option"]) == 2, words
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("medfuse: error: "), (words, err)
+        assert "No such option: --no-such-option" in err and " ".join(words) in err and "╭" not in err
+    for args, problem in [(["import", "fhir"], "Missing argument 'sources'"),
+                          (["synth", "--n", "abc", "--out", "x"], "Invalid value for '--n'"),
+                          (["no-such-verb"], "No such command 'no-such-verb'")]:
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("medfuse: error: ") and problem in err, (args, err)
+
+
+def test_help_is_printed_as_before(capsys):
+    from typer.testing import CliRunner
+
+    from medfuse.cli.app import app
+
+    for words in (["synth"], ["import", "dicom"], []):
+        assert main([*words, "--help"]) == 0
+        assert capsys.readouterr().out == CliRunner().invoke(app, [*words, "--help"]).output
+
+
+def test_an_output_overlapping_its_input_is_refused(tmp_path, capsys):
+    cohort = tmp_path / "cohort"
+    write_case(full_case(), cohort / "case-001")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    for args, problem in [
+        (["diagnose", str(cohort), "--out", str(cohort / "results.jsonl"), "--model", str(tmp_path / "m")],
+         "--out lies inside the input"),
+        (["diagnose", str(cohort / "case-001" / "case.json"), "--out", str(cohort / "case-001" / "case.json")],
+         "--out is the input"),
+        (["tasks", "build", str(cohort), "--out", str(cohort / "ds")], "--out lies inside the input"),
+        (["tasks", "build", str(cohort), "--out", str(tmp_path), "--overwrite"], "--out holds the input"),
+        (["model", "init", "--tiny", "--out", str(cohort), "--stats-from", str(cohort), "--overwrite"],
+         "--out is the input"),
+        (["train", "encoders", "--cohort", str(cohort), "--out", str(cohort / "ckpt")], "--out lies inside the input"),
+        (["train", "sft", "--cohort", str(cohort), "--init", str(tmp_path / "enc"), "--out", str(tmp_path / "enc")],
+         "--out is the input"),
+        (["demo", "--out", str(tmp_path), "--model", str(tmp_path / "m")], "--out holds the input"),
+    ]:
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and problem in err and "Traceback" not in err, (args, err)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_import_and_eval_outputs_must_lie_apart_from_their_inputs(tmp_path, capsys):
+
+    images = tmp_path / "imgs"
+    images.mkdir()
+    Image.new("L", (16, 16), 100).save(images / "a.png")
+    assert main(["import", "image", str(images), "--out", str(images / "cohort")]) == 2
+    assert "lies inside the input" in capsys.readouterr().err
+    assert not (images / "cohort").exists()
+    data = tmp_path / "bench" / "medqa.jsonl"
+    data.parent.mkdir()
+    data.write_text("", encoding="utf-8")
+    assert main(["eval", "run", "--model", "openai:http://127.0.0.1:9", "--benchmark", "medqa", "--data", str(data),
+                 "--out", str(data.parent)]) == 2
+    assert "holds the input" in capsys.readouterr().err

@@ -130,8 +130,8 @@ def test_diagnose_output_matches_the_schema_and_the_case(model, case):
     result = diagnose(model, case, max_new_tokens=16)
     data = result.model_dump(mode="json")
     jsonschema.validate(data, DiagnoseResult.model_json_schema())
-    assert list(data) == ["case_id", "diagnoses", "evidence", "findings", "modality_weights", "reasoning", "report",
-                          "insufficient_data", "model"]
+    assert list(data) == ["case_id", "diagnoses", "evidence", "findings", "modality_weights", "reasoning",
+                          "reasoning_language", "report", "insufficient_data", "model"]
     # Every modality is present: every disease is assessed, weights are gates over all six.
     assert [d["name"] for d in data["diagnoses"]] == model.panel.names and data["insufficient_data"] == []
     assert sum(data["modality_weights"].values()) == pytest.approx(1.0, abs=1e-3)
@@ -159,7 +159,7 @@ def test_generated_text_is_checked_and_boxes_parsed(model, case, monkeypatch):
     text = ("<think>Creatinine 2.4 mg/dL is high. Potassium 6.9 mmol/L is critical. Heart rate 112 with fever 38.6."
             "</think><answer>pneumonia; sepsis</answer>"
             "<ref>consolidation</ref><box>[[100, 210, 400, 600]]</box><ref>nodule</ref><box>[[500, 10, 400, 90]]</box>")
-    monkeypatch.setattr(model, "generate", lambda prompts, fused, max_new_tokens=128: [text] * len(prompts))
+    monkeypatch.setattr(model, "generate", lambda prompts, fused, max_new_tokens=128, **_: [text] * len(prompts))
     (d,) = diagnose_many(model, [case])
     r = d.result
     assert r.reasoning.startswith("Creatinine 2.4 mg/dL is high. Heart rate 112 with fever 38.6.")
@@ -176,6 +176,65 @@ def test_chinese_output_uses_panel_names(model, case):
     r = diagnose(model, case, lang="zh", max_new_tokens=4)
     assert r.diagnoses[0].name == "心房颤动"
     assert r.report.startswith("印象")
+
+
+def test_a_note_in_another_language_is_quoted_and_the_answer_language_asked(model, case):
+    from medfuse.model.diagnosis import build_prompt
+    from medfuse.record.case import Note
+
+    # The case's note is Chinese: asked in English, it is quoted and English is asked for.
+    _, user = build_prompt(case, [], model.panel, "en")
+    assert 'Notes (history, written in Chinese, quoted as source material): "咳嗽三天，发热。无胸痛。"' in user
+    assert user.endswith("The notes quoted above are in Chinese; write the reasoning and the answer in English.")
+    _, zh_user = build_prompt(case, [], model.panel, "zh")
+    assert "病历 (history): 咳嗽三天，发热。无胸痛。" in zh_user and "原文" not in zh_user
+    # An English note: the English prompt is the one the model was trained on; Chinese quotes it.
+    english = case.model_copy(update={"notes": [Note(text="Cough for three days.", type="history")]})
+    _, user = build_prompt(english, [], model.panel, "en")
+    assert user.startswith("Notes (history): Cough for three days.\n\n") and "quoted" not in user
+    assert user.endswith("write <answer>none</answer> if none applies.")
+    _, zh_user = build_prompt(english, [], model.panel, "zh")
+    assert "病历（history，英文原文，仅作为原始资料引用）：“Cough for three days.”" in zh_user
+    assert zh_user.endswith("上面引用的病历为英文；请用中文书写推理和答案。")
+
+
+@pytest.mark.parametrize(("lang", "think", "written_in"), [
+    ("en", "需要结合临床判断。", "zh"), ("zh", "Taken together, the data support none of the candidate diseases.", "en")])
+def test_reasoning_in_the_other_language_is_flagged(model, case, monkeypatch, lang, think, written_in):
+    from medfuse.model.diagnosis import format_result
+
+    text = f"<think>{think}</think><answer>none</answer>"
+    monkeypatch.setattr(model, "generate", lambda prompts, fused, max_new_tokens=128, **_: [text] * len(prompts))
+    (d,) = diagnose_many(model, [case], lang=lang)
+    r = d.result
+    assert r.reasoning_language == written_in
+    assert r.reasoning.startswith(think)
+    assert r.reasoning.endswith("[此推理不是所要求的中文：模型输出偏离了语言要求；请以诊断、证据和报告为准]" if lang == "zh" else
+                                "the model drifted; rely on the diagnoses, the evidence and the report]")
+    assert "  ! the reasoning is written in" in format_result(d, lang)
+    # Reasoning in the requested language carries no mark.
+    monkeypatch.setattr(model, "generate", lambda prompts, fused, max_new_tokens=128, **_: ["<answer>none</answer>"])
+    (d,) = diagnose_many(model, [case], lang=lang)
+    assert d.result.reasoning_language is None and "drift" not in d.result.reasoning
+
+
+def test_english_generation_cannot_emit_tokens_outside_ascii(model, case, monkeypatch):
+    seen: dict[str, dict] = {}
+
+    def generate(prompts, fused, max_new_tokens=128, **kwargs):
+        seen[lang] = kwargs
+        return ["<answer>none</answer>"] * len(prompts)
+
+    monkeypatch.setattr(model, "generate", generate)
+    for lang in ("en", "zh"):
+        diagnose_many(model, [case], lang=lang)
+    tokenizer = model.lm.tokenizer
+    banned = set(seen["en"]["suppress_tokens"])
+    # The English targets are ASCII; a Chinese character (whole or in byte pieces) is not.
+    assert set(model.lm.placeholder_ids.values()) <= banned
+    assert all(i in banned for i in tokenizer.encode("咳嗽", add_special_tokens=False))
+    assert not banned & set(tokenizer.encode("Creatinine 2.4 mg/dL (high).", add_special_tokens=False))
+    assert "suppress_tokens" not in seen["zh"]  # Chinese reasoning cites English codes
 
 
 # ------------------------------------------------------------------ CLI
@@ -242,7 +301,7 @@ def test_medfuse_eval_adapter_serves_cohort_cases_and_text_prompts(checkpoint, t
     adapter = create_model(f"medfuse:{checkpoint}")
     images = tuple(str(folder / img.file) for img in read_case(folder, load_bulk=False).cxr)
     outputs = adapter.generate([
-        Prompt(system="s", user="Which of the candidate diseases?", images=images, max_new_tokens=8),
+        Prompt(system="s", user="Which of the candidate diseases?", images=images, max_new_tokens=8, task_type="diagnosis"),
         Prompt(system="s", user="What is the capital of France?", max_new_tokens=4),
     ])
     diag, text = outputs

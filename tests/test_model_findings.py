@@ -86,7 +86,7 @@ def test_diagnose_reports_the_trained_heads_boxes_over_generated_ones(monkeypatc
     case.ecg = case.ecg.model_copy(update={"signal": case.ecg.signal[:2000], "n_samples": 2000})
     text = ("<think>x</think><answer>pneumonia</answer><ref>consolidation</ref><box>[[10, 20, 30, 40]]</box>"
             "<ref>cardiomegaly</ref><box>[[300, 400, 700, 650]]</box>")
-    monkeypatch.setattr(model, "generate", lambda prompts, fused, max_new_tokens=128: [text] * len(prompts))
+    monkeypatch.setattr(model, "generate", lambda prompts, fused, max_new_tokens=128, **_: [text] * len(prompts))
     # Untrained head: its random boxes are never shown; the generated boxes are.
     (d,) = diagnose_many(model, [case])
     assert [f.label for f in d.result.findings] == ["consolidation", "cardiomegaly"]

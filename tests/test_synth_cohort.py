@@ -335,3 +335,83 @@ def test_every_symptom_a_note_can_name_has_english_and_chinese_wording():
     for lang in ("en", "zh"):
         phrases = notes.symptom_phrases(lang)
         assert named <= set(phrases) and all(phrases[s] for s in named), lang
+
+
+# ---------------------------------------------------------------- interrupted and repeated runs
+
+def test_ctrl_c_keeps_the_finished_cases_as_the_cohort_of_that_size(tmp_path, monkeypatch, capsys):
+    from medfuse.cli import main
+    from medfuse.synth import cohort as cohort_module
+
+    real = cohort_module.synth_case
+
+    def interrupted_at_4(seed, index, config=None):
+        if index == 4:
+            raise KeyboardInterrupt  # Ctrl-C while case 4 is being generated
+        return real(seed, index, config)
+
+    monkeypatch.setattr(cohort_module, "synth_case", interrupted_at_4)
+    out = tmp_path / "c"
+    assert main(["synth", "--n", "9", "--seed", "3", "--out", str(out), "--quiet"]) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "interrupted after 4 of 9 case(s)" in err and "Traceback" not in err
+    monkeypatch.setattr(cohort_module, "synth_case", real)
+    synth_cohort(n=4, seed=3, out=tmp_path / "ref", progress=False)
+    # No temporary folder, an index and a datasheet: the very cohort `--n 4` writes.
+    assert _tree_bytes(out) == _tree_bytes(tmp_path / "ref")
+    assert list(read_index(out)["case_id"]) == [f"synth-{i:06d}" for i in range(4)]
+
+    # Nothing finished: nothing is left, not even the folder the run created.
+    monkeypatch.setattr(cohort_module, "synth_case", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    assert main(["synth", "--n", "3", "--out", str(tmp_path / "none"), "--quiet"]) == 130
+    assert "interrupted after 0 of 3 case(s): no case was complete" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()
+
+
+def test_ctrl_c_with_workers_removes_cases_written_ahead_and_temporary_folders(tmp_path):
+    from medfuse.synth.cohort import SynthInterrupted
+
+    out = tmp_path / "c"
+
+    def ctrl_c_after_3(done: int) -> None:
+        if done == 3:
+            # What a worker stopped in the middle of `write_case` leaves behind.
+            (out / ".synth-000007.k2j3h4").mkdir()
+            (out / ".synth-000007.k2j3h4" / "case.json").write_text("{")
+            raise KeyboardInterrupt
+
+    cfg = SynthConfig(p_cxr=0.0, p_ecg=0.0)
+    with pytest.raises(SynthInterrupted) as stop:
+        synth_cohort(n=16, seed=2, out=out, config=cfg, workers=2, progress=False, on_case=ctrl_c_after_3)
+    assert stop.value.summary["n"] == 3 and stop.value.requested == 16
+    # The temporary folder and the cases the workers wrote past case 2 are gone.
+    assert [p.name for p in sorted(out.iterdir())] == [
+        "DATASHEET.md", "index.parquet", "synth-000000", "synth-000001", "synth-000002"]
+    assert "with seed 2: 3 cases" in (out / "DATASHEET.md").read_text()
+    assert len(read_index(out)) == 3
+
+
+def test_a_non_empty_folder_is_refused_and_overwrite_indexes_every_case_folder(tmp_path, capsys):
+    from medfuse.cli import main
+    from medfuse.record.store import write_case
+
+    from test_record import full_case
+
+    out = tmp_path / "c"
+    write_case(full_case("imported-1"), out / "imported-1")
+    (out / "notes.txt").write_text("mine")
+    before = _tree_bytes(out)
+    assert main(["synth", "--n", "3", "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not empty" in err and "--overwrite" in err
+    assert _tree_bytes(out) == before
+
+    assert main(["synth", "--n", "3", "--seed", "1", "--out", str(out), "--quiet", "--overwrite"]) == 0
+    assert sorted(read_index(out)["case_id"]) == ["imported-1", "synth-000000", "synth-000001", "synth-000002"]
+    assert (out / "notes.txt").read_text() == "mine"
+    sheet = (out / "DATASHEET.md").read_text()
+    assert "with seed 1: 3 cases" in sheet and "also holds 1 case folder(s) this run did not write" in sheet
+    # A smaller rerun replaces its own ids and keeps (and indexes) everything else.
+    assert main(["synth", "--n", "2", "--seed", "4", "--out", str(out), "--quiet", "--overwrite"]) == 0
+    assert sorted(read_index(out)["case_id"]) == ["imported-1", "synth-000000", "synth-000001", "synth-000002"]
+    assert read_case(out / "synth-000001", load_bulk=False).provenance["synthetic"]["seed"] == 4

@@ -203,6 +203,27 @@ def test_diagnosis_uses_the_exact_inference_prompt_most_often(rows, cases, panel
     assert len(systems) >= 5  # the exact prompt and at least three variants over the two languages
 
 
+def test_diagnosis_answers_in_its_language_whatever_the_language_of_the_notes(rows, cases):
+    from medfuse.formats import parse_think, text_language
+
+    ask = {"en": "The notes quoted above are in Chinese; write the reasoning and the answer in English.",
+           "zh": "上面引用的病历为英文；请用中文书写推理和答案。"}
+    crossed = Counter()
+    for r in (r for r in rows if r["task"] == "diagnosis"):
+        case, _ = cases[r["case_dir"]]
+        notes_in = {text_language(n.text) for n in case.notes}
+        user = _user(r)
+        if notes_in - {r["lang"]}:
+            # A note in the other language is quoted and the answer language asked for, in
+            # the exact prompt and in every variant alike.
+            assert user.endswith(ask[r["lang"]]) and ("quoted as source" in user or "原文" in user), r["id"]
+            crossed[r["lang"]] += 1
+        else:
+            assert not user.endswith(ask[r["lang"]]), r["id"]
+        assert text_language(parse_think(_target(r))) == r["lang"], r["id"]
+    assert crossed["en"] >= 2 and crossed["zh"] >= 2, crossed
+
+
 # ---------------------------------------------------------------------------- faithfulness
 
 def test_every_number_in_a_target_comes_from_the_case(rows, cases):
@@ -381,7 +402,7 @@ def test_cli_builds_shows_and_rejects_bad_input(tmp_path, cohort, capsys):
 
     bad = [
         (["tasks", "build", str(cohort), "--out", str(tmp_path / "x"), "--task", "nope"], "unknown task 'nope'"),
-        (["tasks", "build", str(tmp_path), "--out", str(tmp_path / "x")], "not a cohort folder"),
+        (["tasks", "build", str(cohort.parent), "--out", str(tmp_path / "x")], "not a cohort folder"),
         (["tasks", "build", str(cohort / "synth-000000"), "--out", str(tmp_path / "x")], "is a case folder"),
         (["tasks", "build", str(cohort), "--out", str(out)], "already exists"),
         (["tasks", "show", str(cohort)], "not a saved task dataset"),

@@ -31,12 +31,14 @@ if TYPE_CHECKING:  # the panel is only needed for its lookup(); no import cost a
 
 __all__ = [
     "NONE_ANSWER",
+    "cjk_share",
     "format_answer",
     "format_box",
     "has_valid_format",
     "parse_answer_set",
     "parse_boxes",
     "parse_think",
+    "text_language",
 ]
 
 NONE_ANSWER = "none"  # the empty diagnosis set, `<answer>none</answer>` (DESIGN.md)
@@ -213,3 +215,37 @@ def format_box(label: str, boxes: Sequence[Sequence[int]]) -> str:
     """
     inner = ", ".join("[" + ", ".join(str(int(v)) for v in b) + "]" for b in boxes)
     return f"<ref>{label}</ref><box>[{inner}]</box>"
+
+
+# CJK unified ideographs (the basic block and extension A): the script of a Chinese text.
+_CJK_IDEOGRAPH = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
+_LATIN_LETTER = re.compile(r"[A-Za-z]")
+# A text is Chinese from this share of ideographs among its letters on. Chinese medical
+# text keeps Latin codes and drug names ('心率（心动过速）、BNP') but stays far above it
+# (>= 0.75 in the Chinese diagnosis targets of `medfuse tasks`); English text with a
+# quoted Chinese term stays far below it.
+ZH_SHARE = 0.3
+
+
+def cjk_share(text: str) -> float:
+    """The share of CJK ideographs among the letters (ideographs and Latin letters) of
+    `text`; 0.0 for a text with neither.
+
+    >>> cjk_share("心率 120 (high)"), cjk_share("heart rate 120"), cjk_share("120")
+    (0.3333333333333333, 0.0, 0.0)
+    """
+    ideographs = len(_CJK_IDEOGRAPH.findall(text))
+    letters = ideographs + len(_LATIN_LETTER.findall(text))
+    return ideographs / letters if letters else 0.0
+
+
+def text_language(text: str) -> str | None:
+    """'zh' or 'en', the language `text` is written in by its script (see `ZH_SHARE`), or
+    None for a text without letters.
+
+    >>> text_language("患者男性，56岁，长期服用 levothyroxine。"), text_language("No abnormality."), text_language("12.5")
+    ('zh', 'en', None)
+    """
+    if not _CJK_IDEOGRAPH.search(text) and not _LATIN_LETTER.search(text):
+        return None
+    return "zh" if cjk_share(text) >= ZH_SHARE else "en"

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from medfuse.cli.output_paths import check_output_apart
+
 
 def demo(
     out: Path = typer.Option(Path("demo_out"), help="Folder for the demo's outputs."),
@@ -17,4 +19,5 @@ def demo(
     """Import the bundled samples, generate a fresh cohort, diagnose it, print one result, write summary.html."""
     from medfuse.demo import run_demo
 
+    check_output_apart(out, [model])
     run_demo(out, n_synth=n, seed=seed, model_path=model, max_new_tokens=max_new_tokens)

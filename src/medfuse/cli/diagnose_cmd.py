@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from medfuse.cli.output_paths import check_output_apart
 from medfuse.errors import InputError
 from medfuse.model.locate import MODEL_ENV, quiet_transformers, resolve_checkpoint
 
@@ -32,6 +33,8 @@ def diagnose_cmd(
         raise InputError(None, "--max-new-tokens and --batch-size must be at least 1")
     if out is not None and out.exists() and out.is_dir():
         raise InputError(out, "is a folder; --out takes a .jsonl file name")
+    if out is not None:
+        check_output_apart(out, inputs)
     report = ImportReport(source="diagnose")
     cases, total, batch = collect_cases(inputs, report)
     checkpoint = resolve_checkpoint(model)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 
+from medfuse.cli.output_paths import check_output_apart
 from medfuse.errors import InputError
 from medfuse.model.locate import quiet_transformers
 
@@ -29,6 +30,7 @@ def model_init_cmd(
     from medfuse.model import MedFuse
     from medfuse.model.config import ModelConfig
 
+    check_output_apart(out, [stats_from])
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise InputError(out, "already exists (use --overwrite to replace it)")
     cfg = ModelConfig.from_yaml(config) if config is not None else ModelConfig()

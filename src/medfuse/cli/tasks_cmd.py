@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from medfuse.cli.output_paths import check_output_apart
+
 tasks_app = typer.Typer(help="Build and inspect instruction data (diagnosis with a chain of evidence, per-modality "
                              "QA, region tasks, reports; English and Chinese).", no_args_is_help=True)
 
@@ -31,6 +33,7 @@ def build_cmd(
 
     # Check everything the user typed before the (slow) build, so a typo costs nothing.
     langs, tasks = check_choices(lang, task or None)
+    check_output_apart(out, [cohort, panel])
     check_out_dir(out, overwrite)
     loaded_panel = load_panel(panel)
     dataset = build_tasks(cohort, langs=langs, seed=seed, tasks=tasks, panel=loaded_panel, progress=not quiet)

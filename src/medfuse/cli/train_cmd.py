@@ -20,6 +20,7 @@ from typing import Any
 
 import typer
 
+from medfuse.cli.output_paths import check_output_apart
 from medfuse.train.config import STAGES, StageConfig
 
 train_app = typer.Typer(help="Train a stage of the model: encoders -> align -> sft -> grpo.", no_args_is_help=True)
@@ -55,6 +56,8 @@ def _make_command(stage: str, cls: type[StageConfig]):
         config = kwargs.pop("config")
         overrides = {k: v for k, v in kwargs.items() if v is not None and v != []}
         cfg = cls.from_yaml(config, overrides)
+        # The checkpoint folder is replaced with --overwrite: it must not be or hold an input.
+        check_output_apart(cfg.out, [cfg.cohort, cfg.init, getattr(cfg, "tasks", None)])
         _run(stage, cfg)
 
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]

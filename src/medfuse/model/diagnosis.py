@@ -8,7 +8,9 @@ The pipeline for a batch of cases:
    per-modality gates (the reported modality weights) and the fused tokens.
 3. The language model writes `<think>reasoning</think><answer>...</answer>` (plus
    `<ref>label</ref><box>[[...]]</box>` findings when there is an image) from a prompt
-   holding the modality placeholders and the case's evidence.
+   holding the modality placeholders and the case's evidence, in the requested language
+   (a note in the other language is quoted as source material, and the prompt says which
+   language to answer in; in English no token outside ASCII can be generated).
 4. The reasoning is checked sentence by sentence (`check_reasoning`): unsupported claims
    are removed and listed as flagged, never shown as fact; boxes are parsed with
    `medfuse.formats.parse_boxes` and kept only when valid on the 0-999 grid and the case
@@ -23,6 +25,7 @@ is assembled from checked parts only (head decisions, abnormal evidence, finding
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
@@ -33,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from medfuse.formats import format_box, parse_boxes, parse_think
+from medfuse.formats import format_box, parse_boxes, parse_think, text_language
 from medfuse.knowledge.panel import Panel
 from medfuse.model.faithfulness import ReasoningCheck, check_reasoning, evidence_in_case
 from medfuse.record.case import MODALITIES, PatientCase
@@ -102,6 +105,9 @@ class DiagnoseResult(_Strict):
     findings: list[FindingEntry] = Field(..., description="Image findings the model located (0-999 boxes).")
     modality_weights: ModalityWeights = Field(..., description="Perception-layer gates; 0 for missing modalities.")
     reasoning: str = Field(..., description="The model's reasoning with unsupported statements removed.")
+    reasoning_language: Literal["en", "zh"] | None = Field(
+        None, description="The language the reasoning is written in, by its script (None: no reasoning). When it is "
+                          "not the requested language the model drifted, and the reasoning ends with a warning.")
     report: str = Field(..., description="Summary assembled from the checked parts above.")
     insufficient_data: list[str] = Field(..., description="Panel diseases none of whose evidence modalities is present.")
     model: ModelInfo
@@ -134,6 +140,16 @@ _PHRASES: dict[str, dict[str, Any]] = {
     },
     "evidence": {"en": "Measured evidence", "zh": "测量证据"},
     "notes": {"en": "Notes", "zh": "病历"},
+    # A note in the other language is quoted as source material, and the prompt says in
+    # which language to answer: without that, a Chinese note pulls an English request
+    # into Chinese reasoning (and the reverse).
+    "quoted_note": {"en": 'Notes ({type}, written in {language}, quoted as source material): "{text}"',
+                    "zh": "病历（{type}，{language}原文，仅作为原始资料引用）：“{text}”"},
+    "language_names": {"en": {"en": "English", "zh": "Chinese"}, "zh": {"en": "英文", "zh": "中文"}},
+    "answer_language": {
+        "en": "The notes quoted above are in {language}; write the reasoning and the answer in English.",
+        "zh": "上面引用的病历为{language}；请用中文书写推理和答案。",
+    },
     "candidates": {"en": "Candidate diseases", "zh": "候选疾病"},
     "task": {
         "en": ("Reason step by step inside <think></think>, citing only the values above, then give every disease "
@@ -145,6 +161,9 @@ _PHRASES: dict[str, dict[str, Any]] = {
     "located": {"en": "Image findings located by the image encoder", "zh": "影像编码器定位的影像所见"},
     "none_located": {"en": "Image findings located by the image encoder: none", "zh": "影像编码器定位的影像所见: 无"},
     "no_data": {"en": "No clinical data recorded.", "zh": "无临床数据。"},
+    "off_language": {"en": "[this reasoning is not in English, the requested language: the model drifted; rely on "
+                           "the diagnoses, the evidence and the report]",
+                     "zh": "[此推理不是所要求的中文：模型输出偏离了语言要求；请以诊断、证据和报告为准]"},
 }
 # language -> phrase -> text: the prompt in one language.
 _TEXT: dict[str, dict[str, Any]] = {lang: {key: texts[lang] for key, texts in _PHRASES.items()} for lang in ("en", "zh")}
@@ -165,6 +184,10 @@ def build_prompt(case: PatientCase, evidence: list[Evidence], panel: Panel, lang
     the form the faithfulness check reads back. `findings` are the image findings the
     finding head located, (label, boxes) on the 0-999 grid (at training time: the labelled
     ones); with an image and `findings=None` (an untrained head) the line is left out.
+
+    A note written in the other language is quoted as source material, and a last line
+    asks for the reasoning and the answer in `lang`; a prompt whose notes are all in
+    `lang` is unchanged by this.
     """
     t = _TEXT[lang]
     lines: list[str] = []
@@ -174,8 +197,17 @@ def build_prompt(case: PatientCase, evidence: list[Evidence], panel: Panel, lang
     cited = [ev.cite() for ev in evidence if ev.abnormal or ev.modality in ("demographics", "cxr", "genomics")]
     if cited:
         lines.append(f"{t['evidence']}:\n" + "\n".join(f"- {c}" for c in cited))
+    foreign: list[str] = []  # languages of the notes not written in `lang`, in order of appearance
     for note in case.notes:
-        lines.append(f"{t['notes']} ({note.type}): {' '.join(note.text.split())[:600]}")
+        text = " ".join(note.text.split())[:600]
+        written_in = text_language(text)
+        if written_in is None or written_in == lang:
+            lines.append(f"{t['notes']} ({note.type}): {text}")
+            continue
+        language = t["language_names"][written_in]
+        lines.append(t["quoted_note"].format(type=note.type, language=language, text=text))
+        if language not in foreign:
+            foreign.append(language)
     if not cited and not case.notes and not groups:
         lines.append(t["no_data"])
     lines.append(f"{t['candidates']}: " + "; ".join(d.display(lang) for d in panel))
@@ -183,6 +215,10 @@ def build_prompt(case: PatientCase, evidence: list[Evidence], panel: Panel, lang
         located = "; ".join(format_box(label, boxes) for label, boxes in findings)
         lines.append(f"{t['located']}: {located}" if located else t["none_located"])
     lines.append(t["task"])
+    if foreign:
+        # After the task paragraph, which the instruction-data variants replace: the
+        # language line stays in every variant.
+        lines.append(t["answer_language"].format(language=("、" if lang == "zh" else " and ").join(foreign)))
     return t["system"], "\n\n".join(lines)
 
 
@@ -256,6 +292,29 @@ def _reasoning_source(text: str) -> str:
     return think if think is not None else text
 
 
+def _language_kwargs(model: MedFuse, lang: str, generate_kwargs: dict | None) -> dict:
+    """`generate_kwargs`, plus for English the tokens that cannot be English suppressed.
+
+    The English targets the language model is trained on are plain ASCII, so in English
+    no token that decodes to anything else (Chinese characters, or the byte pieces of
+    one) is ever right: suppressing them keeps a Chinese note from pulling the reasoning
+    into Chinese, and leaves every all-ASCII generation as it was. Chinese text cannot
+    be guarded that way (it cites English codes), hence the language check after.
+    """
+    kwargs = dict(generate_kwargs or {})
+    if lang == "en":
+        # `suppress_tokens` replaces the language model's own list (its placeholders).
+        kept = kwargs.get("suppress_tokens", model.lm.placeholder_ids.values())
+        kwargs["suppress_tokens"] = sorted({*kept, *_non_ascii_token_ids(model.lm.tokenizer)})
+    return kwargs
+
+
+@functools.lru_cache(maxsize=4)
+def _non_ascii_token_ids(tokenizer: Any) -> tuple[int, ...]:
+    """Ids of the tokens that decode to text outside ASCII (~900 of SmolLM's 49k)."""
+    return tuple(i for i in range(len(tokenizer)) if not tokenizer.decode([i]).isascii())
+
+
 def _report(lang: str, diagnoses: list[DiagnosisEntry], evidence: list[Evidence], findings: list[FindingEntry],
             insufficient: list[str], panel: Panel) -> str:
     present = sorted((d for d in diagnoses if d.present), key=lambda d: -d.probability)
@@ -312,7 +371,7 @@ def diagnose_many(model: MedFuse, cases: Sequence[PatientCase], lang: Literal["e
     prompts = [build_prompt(case, ev, panel, lang, token_groups=fused.token_groups[i],
                             findings=_grouped(fused.findings[i]) if located else None)
                for i, (case, ev) in enumerate(zip(cases, evidence, strict=True))]
-    texts = model.generate(prompts, fused, max_new_tokens=max_new_tokens, **(generate_kwargs or {}))
+    texts = model.generate(prompts, fused, max_new_tokens=max_new_tokens, **_language_kwargs(model, lang, generate_kwargs))
     out: list[Diagnosed] = []
     for i, case in enumerate(cases):
         insufficient = insufficient_diseases(case, panel)
@@ -325,8 +384,14 @@ def diagnose_many(model: MedFuse, cases: Sequence[PatientCase], lang: Literal["e
                                             probability=round(p, 4), present=bool(p >= fused.thresholds[j])))
         kept_evidence, n_bad = _checked_evidence(case, evidence[i])
         findings, dropped_boxes = _findings(texts[i], case, fused.findings[i])
-        check = check_reasoning(_reasoning_source(texts[i]), case, evidence[i], panel)
+        check = check_reasoning(_reasoning_source(texts[i]), case, evidence[i], panel,
+                                findings=[label for label, _ in fused.findings[i]] if located else None)
         reasoning = check.text
+        # A small language model can drift into the language of a quoted note; what it
+        # wrote is shown, marked, never passed off as an answer in the requested language.
+        written_in = text_language(reasoning)
+        if written_in not in (None, lang):
+            reasoning = f"{reasoning} {_TEXT[lang]['off_language']}"
         if check.dropped:
             note = ("[已删除 {n} 条病例数据不支持的陈述]" if lang == "zh"
                     else "[{n} statement(s) not supported by this case's data were removed]")
@@ -335,7 +400,7 @@ def diagnose_many(model: MedFuse, cases: Sequence[PatientCase], lang: Literal["e
         weights = ModalityWeights(**{m: round(float(gates[k]), 4) for k, m in enumerate(MODALITIES)})
         result = DiagnoseResult(
             case_id=case.case_id, diagnoses=diagnoses, evidence=[_entry(ev) for ev in kept_evidence],
-            findings=findings, modality_weights=weights, reasoning=reasoning,
+            findings=findings, modality_weights=weights, reasoning=reasoning, reasoning_language=written_in,
             report=_report(lang, diagnoses, kept_evidence, findings, insufficient, panel),
             insufficient_data=[panel.by_key(k).display(lang) for k in insufficient],
             model=ModelInfo(name=model.name, version=model.version),
@@ -409,6 +474,9 @@ def format_result(d: Diagnosed, lang: str = "en") -> str:
         lines.append(f"finding: {f.label} {f.box}")
     if r.reasoning:
         lines.append(f"reasoning: {r.reasoning}")
+    if r.reasoning_language not in (None, lang):
+        lines.append(f"  ! the reasoning is written in {_TEXT['en']['language_names'][r.reasoning_language]}, "
+                     f"not in {_TEXT['en']['language_names'][lang]} (--lang {lang})")
     for claim in d.check.dropped:
         lines.append(f"  ! removed (unsupported: {claim.reason}): {claim.sentence[:160]}")
     for reason in d.dropped_findings:

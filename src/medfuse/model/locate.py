@@ -38,7 +38,11 @@ def resolve_checkpoint(model: Path | None) -> Path:
 
 
 def quiet_transformers() -> None:
-    """Turn off transformers' weight-loading progress bars (they interleave with our output)."""
+    """Turn off transformers' weight-loading progress bars (they interleave with our output)
+    and the deprecation notice peft triggers on every load (not the user's concern)."""
+    import warnings
+
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)

@@ -15,7 +15,9 @@ ICD-10 codes, image findings with 0-999 boxes, the reference report); generator 
 
 `synth_cohort(n, seed, out, config, workers)` writes `out/<case_id>/`, `index.parquet`
 and `DATASHEET.md` (prevalences and co-occurrence measured on the cohort, modality
-availability, the generating rules, intended use and limits).
+availability, the generating rules, intended use and limits). `out` must be new or empty
+unless `overwrite`; the index lists every case folder in it. An interrupted run leaves the
+cases finished in index order as a complete cohort and nothing else of its own.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from medfuse.config import YamlConfig, option
 from medfuse.errors import ConfigError, InputError
 from medfuse.knowledge.panel import load_panel
 from medfuse.record.case import CXRImage, Demographics, Diagnosis, Labels, PatientCase
-from medfuse.record.store import case_summary_row, write_case, write_index
+from medfuse.record.store import case_summary_row, iter_case_folders, read_case, write_case, write_index
 from medfuse.synth import diseases as disease_model
 from medfuse.synth.cxr import CXRRequest, render_cxr
 from medfuse.synth.diseases import SynthPatient, draw_patient, icd10_code
@@ -316,6 +318,17 @@ def _generate_and_write(args: tuple[int, int, SynthConfig, str]) -> dict[str, An
     return _case_stats(case)
 
 
+class SynthInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped `synth_cohort`. The cases complete before it (indices 0 to
+    `summary["n"] - 1`) are kept, indexed and described in DATASHEET.md, the same files
+    `n=summary["n"]` writes; `summary` is None when no case was complete."""
+
+    def __init__(self, summary: dict[str, Any] | None, requested: int):
+        super().__init__()
+        self.summary = summary
+        self.requested = requested
+
+
 def synth_cohort(
     n: int | None = None,
     seed: int | None = None,
@@ -324,11 +337,19 @@ def synth_cohort(
     workers: int = 1,
     progress: bool = True,
     on_case: Callable[[int], None] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Generate `n` cases with `seed` into `out`, write the index and DATASHEET.md.
 
-    `n` and `seed` override the config's. Returns a summary: counts, prevalences,
-    modality availability, seconds and cases per second.
+    `n` and `seed` override the config's. `out` must be new or empty unless `overwrite`;
+    with it, case folders of the same ids are replaced and every other case folder stays
+    (the index lists every case folder in `out`, the datasheet this run's cases).
+    Returns a summary: counts, prevalences, modality availability, seconds and cases per
+    second.
+
+    Interrupted (Ctrl-C) or failed, it leaves a complete cohort of the cases finished in
+    index order, exactly what `n=<that count>` writes, and removes the rest of what it
+    wrote (temporary folders included); Ctrl-C then raises `SynthInterrupted`.
     """
     config = dataclasses.replace(config or SynthConfig(), **{k: v for k, v in (("n", n), ("seed", seed)) if v is not None})
     out = Path(out)
@@ -336,39 +357,118 @@ def synth_cohort(
         raise InputError(out, "output exists and is not a folder")
     if workers < 1:
         raise ConfigError(f"workers: must be at least 1, got {workers}")
+    if not overwrite and out.is_dir() and any(out.iterdir()):
+        raise InputError(out, "output folder is not empty (use --overwrite to add to it and replace cases of the same id)")
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    tasks = [(config.seed, i, config, str(out)) for i in range(config.n)]
+    earlier = {f.name for f in iter_case_folders(out)}  # case folders that are not this run's to remove
     start = time.perf_counter()
     stats: list[dict[str, Any]] = []
-    bar = _progress(config.n, progress)
     try:
-        if workers == 1:
-            for t in tasks:
-                stats.append(_generate_and_write(t))
-                bar.update(1)
-                if on_case:
-                    on_case(len(stats))
-        else:
-            # fork keeps start-up cheap (no re-import per worker); results come back in
-            # index order whatever the scheduling, and each case only depends on (seed, index).
-            ctx = mp.get_context("fork") if sys.platform.startswith("linux") else mp.get_context()
-            with ctx.Pool(processes=workers) as pool:
-                for s in pool.imap(_generate_and_write, tasks, chunksize=max(1, min(16, config.n // (4 * workers)))):
-                    stats.append(s)
-                    bar.update(1)
-                    if on_case:
-                        on_case(len(stats))
-    finally:
-        bar.close()
+        _generate(config, out, workers, progress, on_case, stats)
+    except BaseException as e:
+        summary = _keep_complete_cases(out, config, stats, earlier, created)
+        if isinstance(e, KeyboardInterrupt):
+            raise SynthInterrupted(summary, config.n) from None
+        raise
     seconds = time.perf_counter() - start
-    write_index(out, [s["row"] for s in stats])
-    summary = summarise(stats, config)
-    (out / "DATASHEET.md").write_text(datasheet(summary, config), encoding="utf-8")
+    summary = _write_index_and_datasheet(out, config, stats)
     summary["seconds"] = round(seconds, 3)
     summary["cases_per_s"] = round(config.n / seconds, 2) if seconds > 0 else None
     summary["workers"] = workers
     summary["out"] = str(out)
     return summary
+
+
+def _generate(config: SynthConfig, out: Path, workers: int, progress: bool, on_case: Callable[[int], None] | None,
+              stats: list[dict[str, Any]]) -> None:
+    """Write the cases, appending each one's statistics to `stats` in index order."""
+    tasks = [(config.seed, i, config, str(out)) for i in range(config.n)]
+    bar = _progress(config.n, progress)
+    try:
+        if workers == 1:
+            results: Iterable[dict[str, Any]] = map(_generate_and_write, tasks)
+            for s in results:
+                stats.append(s)
+                bar.update(1)
+                if on_case:
+                    on_case(len(stats))
+            return
+        # fork keeps start-up cheap (no re-import per worker); results come back in
+        # index order whatever the scheduling, and each case only depends on (seed, index).
+        # Workers ignore Ctrl-C: the parent alone stops the run and cleans up after them.
+        ctx = mp.get_context("fork") if sys.platform.startswith("linux") else mp.get_context()
+        with ctx.Pool(processes=workers, initializer=_ignore_ctrl_c) as pool:
+            for s in pool.imap(_generate_and_write, tasks, chunksize=max(1, min(16, config.n // (4 * workers)))):
+                stats.append(s)
+                bar.update(1)
+                if on_case:
+                    on_case(len(stats))
+    finally:
+        bar.close()
+
+
+def _ignore_ctrl_c() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _keep_complete_cases(out: Path, config: SynthConfig, stats: list[dict[str, Any]], earlier: set[str],
+                         created: bool) -> dict[str, Any] | None:
+    """After an interrupted or failed run: keep the cases complete in index order (the
+    first `len(stats)`), index and describe them; remove what else this run wrote.
+
+    Workers run ahead of the cases handed back, and a worker stopped mid-write leaves
+    its temporary folder (`write_case` writes `.<case_id>.<random>` and renames it), so
+    both are removed here. Returns the summary of the kept cases (None if there are none).
+    """
+    import shutil
+
+    ours = {case_id_for(i) for i in range(config.n)}
+    for entry in out.iterdir():
+        case_id = entry.name[1:].split(".", 1)[0] if entry.name.startswith(".") else None
+        if case_id in ours and entry.is_dir():
+            if ".old-" in entry.name and not (out / case_id).exists():
+                entry.rename(out / case_id)  # stopped between write_case's two renames: the earlier case returns
+            else:
+                shutil.rmtree(entry, ignore_errors=True)
+    for i in range(len(stats), config.n):
+        folder = out / case_id_for(i)
+        if folder.name not in earlier and folder.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+    if not stats:
+        if created and not any(out.iterdir()):
+            out.rmdir()
+        elif earlier:
+            write_index(out, _index_rows(out, {}))  # folders of the same id may have been replaced
+        return None
+    return _write_index_and_datasheet(out, dataclasses.replace(config, n=len(stats)), stats)
+
+
+def _write_index_and_datasheet(out: Path, config: SynthConfig, stats: list[dict[str, Any]]) -> dict[str, Any]:
+    """Write index.parquet (every case folder in `out`) and DATASHEET.md (this run's
+    cases, `stats`); the summary of those cases."""
+    rows = _index_rows(out, {s["row"]["folder"]: s["row"] for s in stats})
+    write_index(out, rows)
+    summary = summarise(stats, config)
+    summary["other_case_folders"] = len(rows) - len(stats)
+    sheet = out / "DATASHEET.md"
+    tmp = out / f".{sheet.name}.tmp"
+    try:
+        tmp.write_text(datasheet(summary, config), encoding="utf-8")
+        tmp.replace(sheet)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return summary
+
+
+def _index_rows(out: Path, known: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The index rows of every case folder in `out`: `known` rows (folder name -> row)
+    for this run's cases, read from case.json for the others (imported cases, say)."""
+    return [known.get(f.name) or case_summary_row(read_case(f, load_bulk=False), f.name)
+            for f in iter_case_folders(out)]
 
 
 def _progress(total: int, enabled: bool):
@@ -431,6 +531,11 @@ def datasheet(summary: dict[str, Any], config: SynthConfig) -> str:
         f"Generated by `medfuse synth` (generator version {GENERATOR_VERSION}) with seed {summary['seed']}: "
         f"{n} cases, one encounter per synthetic patient. Every value is simulated; no real patient "
         "contributed data. The same seed and configuration reproduce this cohort byte for byte.",
+        *([
+            "",
+            f"The folder also holds {summary['other_case_folders']} case folder(s) this run did not write "
+            "(imported, or from an earlier run): index.parquet lists them, this datasheet does not count them.",
+        ] if summary.get("other_case_folders") else []),
         "",
         "## Intended use",
         "",
