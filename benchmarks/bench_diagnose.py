@@ -1,4 +1,4 @@
-"""Speed of `diagnose` with the default SmolLM2-135M backbone on CPU (issue 4).
+"""Speed of `diagnose` with the default SmolLM2-135M backbone on CPU.
 
 Measures, after a one-time load of the checkpoint:
 - single-case latency (p50, p90) of `diagnose` on full synthetic cases (CXR, 12-lead ECG,
@@ -8,8 +8,8 @@ Measures, after a one-time load of the checkpoint:
 
 Generation is greedy with `--max-new-tokens` (default 128). An untrained checkpoint may
 stop early, which would flatter it, so by default every case is forced to generate exactly
-`--max-new-tokens` tokens (`min_new_tokens`): the worst case the issue's limit allows.
-`--natural` lets the model stop at EOS instead. Goals (issue 4, 2 CPU cores): single
+`--max-new-tokens` tokens (`min_new_tokens`): the worst case the token limit allows.
+`--natural` lets the model stop at EOS instead. Goals (2 CPU cores): single
 case p50 <= 2 s, batched >= 5 cases/s.
 
     python benchmarks/bench_diagnose.py [--model CKPT] [--n 12] [--batch-sizes 8 16] [--threads 2]
@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 16])
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--natural", action="store_true", help="let generation stop at EOS")
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (the issue's 2 cores)")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (the reference machine's 2 cores)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

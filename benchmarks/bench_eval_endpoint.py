@@ -8,7 +8,7 @@ slots are never full; with N requests in flight the throughput should be about
 N / latency and the maximum in flight exactly N. The scoring part runs `medfuse eval
 run` twice on a generated MedQA-format file: once to fill the cache, then a timed rerun
 that only loads, looks up the cache, parses, scores (with 1,000 bootstrap resamples) and
-writes results (issue 6 asks for <= 10 s on 2 cores).
+writes results (goal: <= 10 s on 2 cores).
 """
 
 from __future__ import annotations

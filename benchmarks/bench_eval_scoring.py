@@ -1,6 +1,6 @@
 """Scoring speed of cached multiple-choice outputs: parse + accuracy + bootstrap 95 % CI.
 
-Issue 6 asks that 10,000 cached multiple-choice items score in <= 10 s on 2 CPU cores.
+The goal: 10,000 cached multiple-choice items score in <= 10 s on 2 CPU cores.
 This builds 10,000 realistic model outputs (short answers, chain-of-thought with
 ``<think>``, ``\\boxed{}``, ``<answer>`` tags, Chinese answers, option text, refusals,
 ambiguous answers; 4-10 options), writes them to a JSONL cache as the harness does, then

@@ -2,7 +2,7 @@
 
 Every case has every modality (12-lead 10 s 500 Hz ECG, 256x256 radiograph, labs,
 vitals, notes; genomics where drawn) and is written to disk with the cohort index and
-datasheet, exactly as `medfuse synth` does. The goal (issue 3) is >= 20 cases/s on 2 CPU
+datasheet, exactly as `medfuse synth` does. The goal is >= 20 cases/s on 2 CPU
 cores. Prints the figures and writes them to benchmarks/results/synth.json.
 
     python benchmarks/bench_synth.py [--n 400] [--repeats 2]

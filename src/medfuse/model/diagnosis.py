@@ -97,7 +97,7 @@ class ModelInfo(_Strict):
 
 
 class DiagnoseResult(_Strict):
-    """The JSON `medfuse diagnose --json` prints (issue 4), one object per case."""
+    """The JSON `medfuse diagnose --json` prints, one object per case."""
 
     case_id: str
     diagnoses: list[DiagnosisEntry] = Field(..., description="Every panel disease with enough data, in panel order.")

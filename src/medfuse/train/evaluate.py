@@ -1,6 +1,6 @@
 """Held-out evaluation of a checkpoint on a cohort: `medfuse model evaluate CKPT --cohort DIR`.
 
-What the model card's `evaluation` reports (issue 5's quality targets), all on the given
+What the model card's `evaluation` reports (the quality targets), all on the given
 cohort (use a fresh synthetic seed, never the training cohort):
 - `diagnosis`: the disease head at its stored thresholds over every case — per-sample
   Jaccard, micro/macro F1 (a disease with no case and no prediction is left out of the
