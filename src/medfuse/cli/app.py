@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import typer
 
+from medfuse.cli.calibrate_cmd import calibrate_cmd
 from medfuse.cli.demo_cmd import demo
 from medfuse.cli.diagnose_cmd import diagnose_cmd
 from medfuse.cli.eval_cmd import eval_app
@@ -44,7 +45,8 @@ for _name, _command in (
 ):
     import_app.command(_name)(_command)
 
-for _name, _command in (("demo", demo), ("diagnose", diagnose_cmd), ("show", show), ("synth", synth)):
+for _name, _command in (("calibrate", calibrate_cmd), ("demo", demo), ("diagnose", diagnose_cmd), ("show", show),
+                         ("synth", synth)):
     app.command(_name)(_command)
 
 for _name, _group in (("import", import_app), ("model", model_app), ("eval", eval_app), ("interpret", interpret_app),

@@ -225,6 +225,8 @@ def model_card(model: Any) -> dict[str, Any]:
         "stages": list(model.card.get("stages", [])),
         # Held-out evaluation (`medfuse model evaluate`), when it was run.
         **({"evaluation": model.card["evaluation"]} if model.card.get("evaluation") else {}),
+        # Site recalibration of the disease head (`medfuse calibrate`), when it was run.
+        **({"recalibration": model.card["recalibration"]} if model.card.get("recalibration") else {}),
         "intended_use": model.card.get("intended_use", INTENDED_USE),
         "limitations": list(model.card.get("limitations", LIMITATIONS))
         + ([] if model.card.get("trained") else ["UNTRAINED: random weights; outputs are meaningless."]),

@@ -235,6 +235,18 @@ def patient_halves(cases: list[PatientCase]) -> np.ndarray:
     return np.array([c.group_id in first for c in cases], dtype=bool)
 
 
+def cross_fit_folds(cases: list[PatientCase]) -> tuple[list[tuple[np.ndarray, np.ndarray]], str]:
+    """The (fit rows, score rows) index pairs of 2-fold cross-fitting by patient
+    (`patient_halves`: each half is scored with values fitted on the other half) and what
+    the scores are; with fewer than two patients per half, one in-sample fold (all, all)."""
+    half = patient_halves(cases)
+    if min(len({c.group_id for c, h in zip(cases, half, strict=True) if h == side}) for side in (True, False)) >= 2:
+        first, second = np.flatnonzero(half), np.flatnonzero(~half)
+        return [(first, second), (second, first)], "held out: 2-fold cross-fit by patient"
+    every = np.arange(len(cases))
+    return [(every, every)], "in-sample: the cases the thresholds were fitted on"
+
+
 def _fit_head(head, pred: dict[str, np.ndarray]) -> None:
     """Fit `head`'s temperature, then its F1-max thresholds, on predictions (`predict`)."""
     head.fit_temperature(pred["logits"], pred["labels"])
@@ -266,15 +278,11 @@ def calibrate(model, val_cases: list[PatientCase], val: EncoderData | None = Non
     pred = predict(model.fusion, val)
     labels = model.config.finding_labels
     findings_trained = bool(model.card.get("findings_trained")) and "finding_prob" in pred
-    half = patient_halves(val_cases)
-    cross_fit = min(len({c.group_id for c, h in zip(val_cases, half, strict=True) if h == side}) for side in (True, False)) >= 2
-    scored_on = "held out: 2-fold cross-fit by patient" if cross_fit else "in-sample: the cases the thresholds were fitted on"
+    folds, scored_on = cross_fit_folds(val_cases)
     probs = np.zeros_like(pred["logits"], dtype=float)  # (n, D)
     y_pred = np.zeros(pred["logits"].shape, dtype=int)  # (n, D)
     found: list[list] = [[] for _ in val_cases]
-    every = np.ones_like(half)
-    for fit_rows, score_rows in ((half, ~half), (~half, half)) if cross_fit else ((every, every),):
-        fit, score = np.flatnonzero(fit_rows), np.flatnonzero(score_rows)
+    for fit, score in folds:
         head = copy.deepcopy(model.head)
         _fit_head(head, _rows(pred, fit))
         probs[score] = head.predict_proba(pred["logits"][score])
