@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # the panel is only needed for its lookup(); no import cost a
 __all__ = [
     "NONE_ANSWER",
     "cjk_share",
+    "has_cjk",
     "format_answer",
     "format_box",
     "has_valid_format",
@@ -215,6 +216,19 @@ def format_box(label: str, boxes: Sequence[Sequence[int]]) -> str:
     """
     inner = ", ".join("[" + ", ".join(str(int(v)) for v in b) + "]" for b in boxes)
     return f"<ref>{label}</ref><box>[{inner}]</box>"
+
+
+_BASIC_CJK = re.compile(r"[\u4e00-\u9fff]")  # CJK unified ideographs, the basic block
+
+
+def has_cjk(text: str) -> bool:
+    """Whether `text` holds any CJK ideograph (basic block): the quick test of whether a
+    note, target or question is Chinese, where one Chinese word is enough to tell.
+
+    >>> has_cjk("BNP 高"), has_cjk("BNP high")
+    (True, False)
+    """
+    return _BASIC_CJK.search(text) is not None
 
 
 # CJK unified ideographs (the basic block and extension A): the script of a Chinese text.

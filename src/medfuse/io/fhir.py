@@ -57,6 +57,7 @@ from urllib.parse import unquote, urlparse
 from pydantic import ValidationError
 
 from medfuse.errors import InputError
+from medfuse.formats import has_cjk
 from medfuse.io.base import ImportReport, expand_paths, pseudonym, read_source_bytes, scrubbed_name
 from medfuse.io.labs_common import dedupe_labs, make_lab_result
 from medfuse.io.labs_csv import parse_range
@@ -119,7 +120,6 @@ _NOTE_TYPES: dict[str, str] = {
 # DiagnosticReport categories (HL7 v2-0074 and LOINC parts) that mean an imaging read.
 _IMAGING_CATEGORIES = {"RAD", "CT", "XRC", "RX", "NMR", "NMS", "US", "VUS", "CUS", "LP29684-5", "imaging"}
 _IMAGING_REPORT_LOINC = {"18748-4", "18726-0", "36643-5", "30746-2", "24627-2", "18782-3"}
-_CJK = re.compile(r"[\u4e00-\u9fff]")
 # '2024-03-01T08:10:00' (no offset): invalid FHIR but common; see _add_utc_offsets.
 _NAIVE_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?$")
 _DEAD_STATUS = {"entered-in-error", "cancelled"}
@@ -336,7 +336,7 @@ def _status(model: Any) -> str | None:
 
 
 def _lang(text: str) -> str:
-    return "zh" if _CJK.search(text) else "en"
+    return "zh" if has_cjk(text) else "en"
 
 
 def _strip_html(text: str) -> str:

@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medfuse.errors import ConfigError, InputError
-from medfuse.formats import format_answer, format_box
+from medfuse.formats import format_answer, format_box, has_cjk
 from medfuse.knowledge.evidence_support import finding_supports, supported_diseases
 from medfuse.knowledge.panel import Panel, load_panel
 from medfuse.record.case import MODALITIES, Finding, PatientCase
@@ -551,7 +551,6 @@ def _text_to_region(ctx: _Case, lang: str) -> list[tuple[list[dict[str, str]], d
 
 # ---------------------------------------------------------------------------- reports
 
-_CJK = re.compile(r"[\u4e00-\u9fff]")
 _SECTION_BREAK = re.compile(r"\n\s*(?:IMPRESSION\s*:|印象\s*[:：])", re.I)
 _MARKUP = re.compile(r"<ref>.*?</ref><box>.*?</box>", re.S)
 _NEGATION = re.compile(r"\b(?:no|without|negative for)\b|未见|无", re.I)
@@ -559,7 +558,7 @@ _SENTENCE_START = re.compile(r"[.!?。！？；;]\s*")
 
 
 def _text_lang(text: str) -> str:
-    return "zh" if _CJK.search(text) else "en"
+    return "zh" if has_cjk(text) else "en"
 
 
 def _templated_report(ctx: _Case, lang: str, with_boxes: bool) -> str:
@@ -597,7 +596,7 @@ def _insert_box(text: str, label: str, boxes: list[list[int]]) -> str | None:
             break
     if best is None:
         return None
-    space = "" if _CJK.search(text[best[0]:best[1]]) else " "  # English words are spaced, Chinese are not
+    space = "" if has_cjk(text[best[0]:best[1]]) else " "  # English words are spaced, Chinese are not
     return text[: best[1]] + space + format_box(label, boxes) + text[best[1]:]
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medfuse.errors import InputError
-from medfuse.formats import parse_answer_set, parse_boxes
+from medfuse.formats import has_cjk, parse_answer_set, parse_boxes
 from medfuse.knowledge.panel import Panel, load_panel
 
 if TYPE_CHECKING:
@@ -35,7 +35,6 @@ _ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "ass
           "model": "assistant"}
 # '<lab>' but not '<labs>' (already medfuse's), in any case.
 _LAB_PLACEHOLDER = re.compile(r"<\s*lab\s*>", re.I)
-_CJK = re.compile(r"[\u4e00-\u9fff]")
 _ID_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -110,7 +109,7 @@ def read_medtvt_qa(path: str | Path, *, panel: Panel | None = None) -> Dataset:
             "case_id": base,
             "case_dir": "",
             "task": "diagnosis" if names is not None else "qa",
-            "lang": "zh" if _CJK.search(user_text + target) else "en",
+            "lang": "zh" if has_cjk(user_text + target) else "en",
             "messages": messages,
             "answer_diseases": [k for k in panel.keys if k in keys],
             "gold_boxes": json.dumps(boxes),

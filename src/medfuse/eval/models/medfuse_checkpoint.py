@@ -19,18 +19,17 @@ whether they carry images:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
 from medfuse.errors import InputError
 from medfuse.eval.models.base import GeneratedText, ModelAdapter
+from medfuse.formats import has_cjk
 from medfuse.eval.prompts import Prompt
 from medfuse.model import MedFuse
 from medfuse.record.case import PatientCase
 from medfuse.record.store import CASE_FILE, read_case
 
-_CJK = re.compile(r"[\u4e00-\u9fff]")
 
 
 class MedfuseCheckpointModel(ModelAdapter):
@@ -95,7 +94,7 @@ class MedfuseCheckpointModel(ModelAdapter):
         for i, p in enumerate(prompts):
             user = p.user
             if fused is not None and "cxr" in fused.token_groups[i]:
-                user = f"{'图像' if _CJK.search(user) else 'Image'}: <cxr>\n\n{user}"
+                user = f"{'图像' if has_cjk(user) else 'Image'}: <cxr>\n\n{user}"
             messages.append((p.system, user))
         return self.model.generate(messages, fused, max_new_tokens=max(p.max_new_tokens for p in prompts))
 
