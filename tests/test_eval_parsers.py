@@ -79,6 +79,9 @@ CHOICE_TABLE: list[tuple[str, dict[str, str], str | None]] = [
     ("B. Doxycycline is incorrect here.", OPTS, None),
     ("The answer is D. Option D is not correct.", OPTS, None),
     ("C\nB is the best choice for atypicals.", OPTS, None),
+    ("A) no. B) no. C) yes", OPTS, None),  # a verdict per option: not the first letter
+    ("A: no, B: no, C: yes, D: no", OPTS, None),
+    ("A) no fever, so amoxicillin.", OPTS, "A"),  # "no" inside a sentence is not a verdict
     # ... while one option called wrong and another stated right reads the right one
     ("D is wrong, C is right", OPTS, "C"),
     ("Option D is incorrect; option C is correct.", OPTS, "C"),

@@ -20,8 +20,9 @@ score as wrong. It never picks the option most similar to the output.
 An output that only repeats the option list ("A. ...\nB. ...") chooses nothing.
 Outside tags and ``\boxed{}``, an answer read from the text is dropped when the text
 names options with conflicting polarity: when the option read is itself called wrong
-("D) X is wrong, C) Y is right" read as D), or another option is called right ("B.
-..., C is correct" read as B). "D is wrong, C is right" still reads C.
+("D) X is wrong, C) Y is right" read as D; "A) no. B) no. C) yes" read as A), or another
+option is called right ("B. ..., C is correct" read as B). "D is wrong, C is right" still
+reads C.
 Within a tier, two different letters (``A and B``, ``答案是A或B``, two boxed letters, "the
 answer is A ... the answer is B") make the output ambiguous, and ambiguity abstains. A
 letter inside a word never counts ("Answer: Based on ..." is not B, "I think" is not I),
@@ -108,12 +109,16 @@ _OPTION_MENTION = re.compile(
     r"(?:[\)\]]|[.:](?=\s)|(?=\s+(?:is|was|seems?|looks?)\b))",
     re.MULTILINE,
 )
-# What a clause says of the option it names; a negative phrase wins ("not correct").
+# What a clause says of the option it names; a negative phrase wins ("not correct"). A bare
+# "no"/"yes" counts only as the whole verdict of its clause ("A) no. B) no. C) yes"), not
+# inside a sentence ("A) no fever").
 _POLARITY = re.compile(
     r"(?P<negative>\b(?:wrong|incorrect|false|unlikely|less\s+likely|inappropriate|ruled\s+out|excluded"
-    r"|not\s+(?:the\s+)?(?:correct|right|answer|best|likely|appropriate))\b|错误|不正确|不对|排除)"
-    r"|(?P<positive>\b(?:right|correct|true|best|the\s+answer|most\s+likely)\b|正确|最佳)",
-    re.IGNORECASE,
+    r"|not\s+(?:the\s+)?(?:correct|right|answer|best|likely|appropriate))\b|错误|不正确|不对|排除"
+    r"|(?<![\w-])no(?=\s*(?:[,;.!。；，]|$)))"
+    r"|(?P<positive>\b(?:right|correct|true|best|the\s+answer|most\s+likely)\b|正确|最佳"
+    r"|(?<![\w-])yes(?=\s*(?:[,;.!。；，]|$)))",
+    re.IGNORECASE | re.MULTILINE,
 )
 
 _OPTION_STRIP = " \t\r\n.。,，;；:：!！?？\"'“”‘’()[]（）【】*_`"
