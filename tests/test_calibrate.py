@@ -158,3 +158,14 @@ def test_bad_input_is_one_line_and_writes_nothing(site, tmp_path, capsys, proble
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary checkpoint left
     assert sorted(p.name for p in checkpoint.iterdir()) == before
     assert (checkpoint / "calibration.json").stat().st_mtime_ns == mtime
+
+
+def test_library_call_refuses_an_output_inside_its_inputs(site):
+    # The guard is the library's, not only the CLI's: a Python caller gets it too.
+    from medfuse.errors import InputError
+
+    checkpoint, cohort, _ = site
+    for out in (cohort / "recalibrated", checkpoint):
+        with pytest.raises(InputError, match="input"):
+            recalibrate(checkpoint, cohort, out, overwrite=True)
+    assert not (cohort / "recalibrated").exists()

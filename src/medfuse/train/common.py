@@ -11,6 +11,7 @@ import torch
 
 from medfuse.errors import InputError
 from medfuse.record.case import PatientCase
+from medfuse.record.store import check_output_apart
 from medfuse.train.config import StageConfig
 
 

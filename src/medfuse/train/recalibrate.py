@@ -32,6 +32,7 @@ import numpy as np
 
 from medfuse.errors import InputError
 from medfuse.record.case import PatientCase
+from medfuse.record.store import check_output_apart
 
 DEFAULT_MIN_POSITIVES = 5
 SUMMARY_KEYS = ("macro_f1", "micro_f1", "jaccard", "macro_auroc", "ece")
@@ -108,14 +109,15 @@ def recalibrate(checkpoint: str | Path, cohort: str | Path, out: str | Path, *,
     per disease, support and old -> new temperature and threshold.
 
     Bad input (no such checkpoint or cohort, no labelled case, an existing `out` without
-    `overwrite`) raises `InputError` before anything is written. That `out` lies apart
-    from the inputs is the caller's check (`medfuse.cli.output_paths.check_output_apart`).
+    `overwrite`, an `out` that is, holds or lies inside an input) raises `InputError`
+    before anything is written.
     """
     from medfuse.model import MedFuse
     from medfuse.model.inputs import label_vector
     from medfuse.record.store import iter_cohort
     from medfuse.train.encoders import EncoderData, cross_fit_folds, out_name, predict
 
+    check_output_apart(out, [checkpoint, cohort])
     out, cohort = Path(out), Path(cohort)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise InputError(out, "already exists (use --overwrite to replace it)")
