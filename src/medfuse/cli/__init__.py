@@ -11,10 +11,16 @@ from __future__ import annotations
 
 import sys
 
+import click
 import typer
 
 from medfuse.cli.app import app
 from medfuse.errors import MedfuseError
+
+# Usage errors (missing argument, bad option value, unknown verb): click's, or, from typer
+# 0.21 on, typer's vendored copy of them. Flower (`medfuse federate`) holds typer below
+# 0.21, so both must work.
+_USAGE_ERROR: type[Exception] = getattr(typer, "TyperException", click.ClickException)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # Not standalone: click raises usage errors instead of printing its multi-line box.
         result = app(args=argv, prog_name="medfuse", standalone_mode=False)
-    except typer.TyperException as e:  # typer's (vendored) click errors: usage errors, exit code 2
+    except _USAGE_ERROR as e:  # click's (or typer's vendored) errors: usage errors, exit code 2
         # A group called without a verb has printed its help already (typer's own handler
         # recognises this error by name too: the class is not public).
         if type(e).__name__ != "NoArgsIsHelpError":
@@ -44,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     return result if isinstance(result, int) else 0
 
 
-def usage_error_line(error: typer.TyperException) -> str:
+def usage_error_line(error: click.ClickException) -> str:
     """A click error as one line: the verb it concerns, the message, and where help is,
     e.g. "import fhir: Missing argument 'sources'. (see 'medfuse import fhir --help')"."""
     message = " ".join(error.format_message().split())
