@@ -137,6 +137,17 @@ def test_challenge_style_header_comments_give_demographics_and_codes(tmp_path):
     (case,) = import_wfdb([tmp_path / "A0001.hea"], ImportReport("wfdb"))
     assert (case.demographics.age, case.demographics.sex) == (74, "M")
     assert case.labels.source_codes == ["SNOMED:164889003", "SNOMED:59118001"]
+    # the diagnosis line is a label, not part of the recording kept as input
+    assert case.ecg.annotations["header_comments"] == ["Age: 74", "Sex: Male", "Rx: Unknown"]
+
+
+def test_cpsc_abbreviations_in_dx_become_their_snomed_codes(tmp_path):
+    # early Challenge-2020 (CPSC 2018) headers write abbreviations, not codes
+    wfdb.wrsamp("A0079", fs=500, units=["mV"], sig_name=["I"], d_signal=np.zeros((5, 1), dtype=np.int16),
+                fmt=["16"], adc_gain=[1000.0], baseline=[0], write_dir=str(tmp_path),
+                comments=["Age: 77", "Dx: AF,RBBB,XYZ"])
+    (case,) = import_wfdb([tmp_path / "A0079.hea"], ImportReport("wfdb"))
+    assert case.labels.source_codes == ["SNOMED:164889003", "SNOMED:59118001", "label:XYZ"]
 
 
 def test_record_without_ecg_channels_is_skipped_and_counted(tmp_path):

@@ -152,8 +152,11 @@ def read_wfdb(record_path: str | Path, load_annotations: bool = True) -> tuple[E
 
     comments = [c.strip() for c in (rec.comments or []) if c and c.strip()]
     annotations: dict[str, Any] = {}
-    if comments:
-        annotations["header_comments"] = comments
+    # Diagnosis lines become labels (below); kept in the ECG they would carry the label
+    # along with the input.
+    kept_comments = [c for c in comments if not _is_diagnosis_comment(c)]
+    if kept_comments:
+        annotations["header_comments"] = kept_comments
     if load_annotations:
         annotations.update(_read_reference_beats(record, skipped))
 
@@ -321,6 +324,31 @@ def _demographics_from_comments(comments: list[str]) -> Demographics:
     return Demographics(age=age, sex=sex)
 
 
+def _is_diagnosis_comment(comment: str) -> bool:
+    m = _KEY_VALUE.match(comment)
+    return bool(m) and m.group(1).strip().lower() in (*_DIAGNOSIS_KEYS, "dx")
+
+
+def _dx_codes(dx: str) -> list[str]:
+    """'Dx:' entries as source codes: SNOMED CT codes as they are, CPSC 2018 abbreviations
+    ('AF', 'RBBB': the early Challenge-2020 files) as the SNOMED code they stand for, and
+    anything else tagged as a plain label, never passed off as a SNOMED code."""
+    from medfuse.knowledge.label_maps import load_label_map
+
+    codes: list[str] = []
+    cpsc = None
+    for entry in (c.strip() for c in dx.split(",")):
+        if not entry:
+            continue
+        if entry.isdigit():
+            codes.append(f"SNOMED:{entry}")
+            continue
+        cpsc = cpsc or load_label_map("cpsc2018")
+        target = cpsc.lookup(entry)
+        codes.append(target.code if target is not None and target.code else f"label:{entry}")
+    return codes
+
+
 def _labels_from_comments(comments: list[str]) -> Labels | None:
     """Diagnoses named in header comments, mapped to the disease panel where possible.
 
@@ -337,7 +365,7 @@ def _labels_from_comments(comments: list[str]) -> Labels | None:
             term = term.strip()
             if term.lower() not in _NOT_A_TERM and term not in terms:
                 terms.append(term)
-    codes = [f"SNOMED:{c.strip()}" for c in fields.get("dx", "").split(",") if c.strip()]
+    codes = _dx_codes(fields.get("dx", ""))
     if not terms and not codes:
         return None
     panel = load_panel()
