@@ -513,3 +513,20 @@ def test_sop_instance_uid_file_names_never_reach_the_cohort(tmp_path, capsys):
     [case] = [read_case(p) for p in out.iterdir() if p.is_dir()]
     assert case.cxr[0].source == dicom_header.dicom_source_name(named, raw)
     assert case.cxr[0].source.startswith("file-") and case.cxr[0].source.endswith(".dcm")
+
+
+def test_jpeg_exif_orientation_is_applied_and_noted_only_when_set(tmp_path):
+    pixels = np.zeros((20, 40), dtype=np.uint8)
+    pixels[:, :10] = 255  # a bright band on the left edge
+    upright, turned = tmp_path / "upright.jpg", tmp_path / "turned.jpg"
+    Image.fromarray(pixels).save(upright, quality=95)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    Image.fromarray(pixels).save(turned, quality=95, exif=exif)
+
+    report = ImportReport("image")
+    assert read_image(upright, report).pixels.shape == (20, 40)
+    assert not report.notes  # nothing to turn: no note (every plain JPEG once got one)
+    image = read_image(turned, report)
+    assert image.pixels.shape == (40, 20) and image.pixels[:10].mean() > 200  # the band is now on top
+    assert report.notes["JPEG EXIF orientation applied"] == 1

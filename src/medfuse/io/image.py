@@ -55,7 +55,7 @@ def read_image(path: str | Path, report: ImportReport | None = None) -> CXRImage
     Raises `InputError` for a missing file, a file that is not an image, an image that is
     cut short or cannot be decoded, and a multi-frame image (a 3-D stack).
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
     if not path.is_file():
@@ -69,8 +69,11 @@ def read_image(path: str | Path, report: ImportReport | None = None) -> CXRImage
             if n_frames > 1:
                 raise InputError(path, f"image has {n_frames} frames (a 3-D stack); a single 2-D image is expected")
             im.load()
-            oriented = ImageOps.exif_transpose(im) if fmt in ("JPEG", "MPO") else im
-            if oriented is not im and report is not None:
+            # Pillow's exif_transpose returns a copy even when there is nothing to turn, so
+            # the note goes by the orientation tag itself (1 = upright).
+            rotated = fmt in ("JPEG", "MPO") and im.getexif().get(ExifTags.Base.Orientation, 1) not in (1, None)
+            oriented = ImageOps.exif_transpose(im) if rotated else im
+            if rotated and report is not None:
                 report.note("JPEG EXIF orientation applied")
             pixels = _gray_array(oriented, path, report)
     except InputError:
