@@ -15,10 +15,17 @@ detection and wave delineation; around it:
    Beats must look alike (QRS template correlation) and stand out of the background
    (QRS-to-background ratio), otherwise the "peaks" are noise and the ECG is
    'unreadable'.
-3. Rhythm from RR irregularity and P-wave presence. P waves are judged per beat: the
-   low-passed pre-QRS segment must repeat from beat to beat (correlate with the
-   median) and the median must show a P deflection. Atrial fibrillation is irregular
-   RR without P waves; sinus rhythm is labelled by rate (<60 brady, >100 tachy).
+3. Rhythm from RR irregularity, atrial activity and signal quality. P waves are judged
+   per beat: the low-passed pre-QRS segment must repeat from beat to beat (correlate
+   with the median) and the median must show a P deflection. A rhythm lead recorded
+   upside down (a handheld single-lead device held the other way) is turned upright
+   first. `medfuse.interpret.rhythm` turns the RR intervals, the P-wave measures, QRST
+   cancellation residuals and quality indices into features, and a small logistic
+   regression trained on real single-lead recordings (PhysioNet/CinC 2017) gives
+   P(sinus / AF / other / noisy): AF when P(AF) reaches its threshold, too noisy when
+   that class wins; otherwise sinus (labelled by rate: <60 brady, >100 tachy) when the
+   model says sinus or P waves repeat, else 'other'. Without the model
+   (`rhythm_model=False`) the rule alone decides: irregular RR without P waves is AF.
 4. Intervals from `nk.ecg_delineate` (DWT) on the rhythm lead, medians over beats;
    QTc by Bazett and Fridericia.
 5. Per-lead amplitudes on median beats (R-aligned, baseline = the PR segment): Q depth
@@ -40,6 +47,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
+from medfuse.interpret.rhythm import RhythmModel, load_rhythm_model, rhythm_features
 from medfuse.record.case import ECG
 from medfuse.record.evidence import Evidence
 
@@ -59,6 +67,7 @@ _PEAK_METHOD = "neurokit"
 # Shortest RR interval accepted between two beats: the ventricles' refractory period
 # (Pan-Tompkins' 200 ms blanking), i.e. at most 300 beats/min.
 _REFRACTORY_S = 0.2
+_NEGATED_MARGIN = 1.25     # a lead is read negated only if its beats score this much better
 _PAD_END_S = 0.1           # flat padding after the last sample, so a QRS there closes
 # Detections that may be a T or P wave must match the lead's QRS (`_confirm_doubtful_peaks`):
 # those less than `_CLOSE_PAIR_S` (neurokit2's default `mindelay`) from another, and
@@ -85,6 +94,12 @@ _CLIP_FRACTION = 0.005     # share of samples sitting on the min or max rail
 _MISSING_FRACTION = 0.2    # share of NaN samples that makes a lead unusable
 _MIN_QRS_CORRELATION = 0.8  # median leave-one-out beat correlation (QRS-ST-T, < 15 Hz)
 _MIN_QRS_SNR = 2.0         # QRS peak-to-peak over the background's robust spread (T waves included)
+# With the rhythm model, which has a 'too noisy' class fed by these same indices and the
+# two-detector agreement, only beats that are plainly not beats stop the reading: on real
+# single-lead recordings (CinC-2017) the fixed gate above turned away AF recordings
+# (beat-to-beat QRS variation, small QRS) and one normal recording in ten.
+_MODEL_MIN_QRS_CORRELATION = 0.3
+_MODEL_MIN_QRS_SNR = 1.0
 
 # Rhythm criteria.
 _BRADY_BPM, _TACHY_BPM = 60.0, 100.0
@@ -153,6 +168,10 @@ class ECGReading(BaseModel):
     p_wave_present: float | None = Field(None, description="Share of analysable beats with a repeating P wave.")
     p_coherence: float | None = Field(None, description="P template amplitude over the per-beat amplitude (~1 repeating, low in AF).")
     p_lead: str | None = None
+    rhythm_lead_inverted: bool | None = Field(None, description="The rhythm lead was upside down and was turned upright for beat detection.")
+    rhythm_features: dict[str, float] | None = Field(None, description="Inputs of the rhythm model (medfuse.interpret.rhythm).")
+    rhythm_probabilities: dict[str, float] | None = Field(
+        None, description="Rhythm model: N sinus, A atrial fibrillation, O other rhythm, ~ too noisy.")
     # Intervals (ms)
     pr_ms: float | None = None
     qrs_ms: float | None = None
@@ -184,25 +203,28 @@ class ECGReading(BaseModel):
 
 # ---------------------------------------------------------------- the reader
 
-def interpret_ecg(ecg: ECG, *, sex: str | None = None) -> ECGReading:
+def interpret_ecg(ecg: ECG, *, sex: str | None = None, rhythm_model: RhythmModel | bool = True) -> ECGReading:
     """Read an ECG: rhythm, rate, intervals, ST/T per lead, Q waves, LVH, quality.
 
     `sex` ('M'/'F') only selects the sex-specific thresholds (Cornell voltage, ST
     elevation in V2-V3); unknown uses the male (stricter-for-LVH) values.
+    `rhythm_model`: True uses the bundled rhythm model, a `RhythmModel` that one, False
+    the rule alone (irregular RR without P waves is AF).
     Never raises for a bad recording: flat, clipped, noisy or too short ECGs come back
     with `rhythm='unreadable'` and a `reason`.
     """
     with warnings.catch_warnings():
         # neurokit2 warns on every short or odd signal; the reading says what went wrong.
         warnings.simplefilter("ignore")
-        return _interpret(ecg, sex if sex in ("M", "F") else None)
+        model = load_rhythm_model() if rhythm_model is True else (rhythm_model or None)
+        return _interpret(ecg, sex if sex in ("M", "F") else None, model)
 
 
 def _unreadable(reason: str, **fields) -> ECGReading:
     return ECGReading(rhythm="unreadable", reason=reason, **fields)
 
 
-def _interpret(ecg: ECG, sex: str | None) -> ECGReading:
+def _interpret(ecg: ECG, sex: str | None, model: RhythmModel | None) -> ECGReading:
     import neurokit2 as nk
 
     if ecg.signal is None:
@@ -247,9 +269,13 @@ def _interpret(ecg: ECG, sex: str | None) -> ECGReading:
     beats = _best_beats(cleaned, lead_names)
     if beats is None:
         return _unreadable("no QRS complexes found (noise or no cardiac signal)", excluded_leads=excluded, **base)
-    rhythm_k, rpeaks, corr, snr = beats
+    rhythm_k, rpeaks, corr, snr, upside_down = beats
+    if upside_down:
+        cleaned[:, rhythm_k] = -cleaned[:, rhythm_k]  # rhythm features and intervals read the upright lead
     quality = dict(qrs_correlation=round(corr, 3), qrs_snr=round(snr, 2))
-    if corr < _MIN_QRS_CORRELATION or snr < _MIN_QRS_SNR:
+    min_corr, min_snr = ((_MODEL_MIN_QRS_CORRELATION, _MODEL_MIN_QRS_SNR) if model is not None
+                         else (_MIN_QRS_CORRELATION, _MIN_QRS_SNR))
+    if corr < min_corr or snr < min_snr:
         return _unreadable(
             f"no consistent QRS complexes (noise): beat correlation {corr:.2f}, QRS/background {snr:.1f}",
             excluded_leads=excluded, rhythm_lead=lead_names[rhythm_k], **quality, **base)
@@ -275,9 +301,24 @@ def _interpret(ecg: ECG, sex: str | None) -> ECGReading:
     cv = rr_sd / rr_mean
     irregular = successive >= _IRREGULAR_SUCCESSIVE and cv >= _IRREGULAR_CV
     p_fraction, p_coherence, p_lead = _p_wave_presence(amp_sig, lead_names, rpeaks)
-    if p_fraction is not None and p_fraction >= _P_PRESENT_FRACTION:
-        rhythm: str = ("sinus_tachycardia" if heart_rate > _TACHY_BPM
-                       else "sinus_bradycardia" if heart_rate < _BRADY_BPM else "sinus_rhythm")
+    p_present = p_fraction is not None and p_fraction >= _P_PRESENT_FRACTION
+    sinus = ("sinus_tachycardia" if heart_rate > _TACHY_BPM
+             else "sinus_bradycardia" if heart_rate < _BRADY_BPM else "sinus_rhythm")
+    features = probabilities = None
+    if rr.size >= 3:
+        features = rhythm_features(rr, cleaned[:, rhythm_k], rpeaks, WORK_FS, p_wave_present=p_fraction,
+                                   p_coherence=p_coherence, qrs_correlation=corr, qrs_snr=snr)
+    if model is not None and features is not None:
+        label, probabilities = model.predict(features)
+        if label == "~":
+            return _unreadable(
+                f"too much noise to read the rhythm (rhythm model: P(noisy) {probabilities['~']:.2f})",
+                excluded_leads=excluded, rhythm_lead=lead_names[rhythm_k], rhythm_features=_rounded(features),
+                rhythm_probabilities=_rounded(probabilities), **quality, **base)
+        rhythm: str = ("atrial_fibrillation" if label == "A"
+                       else sinus if label == "N" or p_present else "other")
+    elif p_present:
+        rhythm = sinus
     elif irregular:
         rhythm = "atrial_fibrillation"
     else:
@@ -310,6 +351,9 @@ def _interpret(ecg: ECG, sex: str | None) -> ECGReading:
         p_wave_present=None if p_fraction is None else round(p_fraction, 3),
         p_coherence=None if p_coherence is None else round(p_coherence, 3),
         p_lead=p_lead,
+        rhythm_lead_inverted=upside_down,
+        rhythm_features=None if features is None else _rounded(features),
+        rhythm_probabilities=None if probabilities is None else _rounded(probabilities),
         pr_ms=_r1(intervals.get("PR")),
         qrs_ms=_r1(intervals.get("QRS")),
         qt_ms=_r1(qt),
@@ -326,6 +370,10 @@ def _interpret(ecg: ECG, sex: str | None) -> ECGReading:
 
 def _r1(x: float | None) -> float | None:
     return None if x is None else round(float(x), 1)
+
+
+def _rounded(values: dict[str, float]) -> dict[str, float]:
+    return {k: round(float(v), 4) for k, v in values.items()}
 
 
 # ---------------------------------------------------------------- 1. quality gate
@@ -461,6 +509,13 @@ def _preferred(names: list[str], preference: tuple[str, ...]) -> list[int]:
     return order + [k for k in range(len(names)) if k not in order]
 
 
+def _may_be_inverted(x: np.ndarray) -> bool:
+    """Whether a cleaned lead's largest deflections point down (its 0.5th percentile lies
+    further from the median than its 99.5th): then it may be upside down."""
+    lo, mid, hi = np.percentile(x, [0.5, 50, 99.5])
+    return mid - lo > hi - mid
+
+
 def _corr(a: np.ndarray, b: np.ndarray) -> float:
     a = a - a.mean()
     b = b - b.mean()
@@ -468,28 +523,42 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b) / den if den > 0 else 0.0
 
 
-def _best_beats(cleaned: np.ndarray, names: list[str]) -> tuple[int, np.ndarray, float, float] | None:
+def _best_beats(cleaned: np.ndarray, names: list[str]) -> tuple[int, np.ndarray, float, float, bool] | None:
     """R peaks from the most consistent of up to three preferred leads.
 
-    Returns (lead index, R-peak samples, QRS correlation, QRS/background ratio), or
-    None when no lead gives at least three beats.
+    A lead whose largest deflections point down (`_may_be_inverted`) may be upside down
+    (a handheld single-lead device held the other way round, swapped electrodes), and
+    the detector places beats on maxima: such a lead is also read negated, and the
+    negated reading is kept when its beats are clearly more consistent
+    (`_NEGATED_MARGIN`). On real single-lead recordings (CinC-2017 dev) the simpler
+    rules did worse: neurokit2's `ecg_invert` (the sign of the largest sample in 2 s
+    windows) or the larger percentile tail turned a third of the normal recordings over
+    (T or S waves outweighing small R waves), and keeping whichever polarity scores
+    higher flipped 40 % of upright 12-lead rhythm leads; each lowered AF F1.
+
+    Returns (lead index, R-peak samples, QRS correlation, QRS/background ratio, whether
+    the lead was read negated), or None when no lead gives at least three beats.
     """
     order = _preferred(names, _RHYTHM_LEADS)
-    best: tuple[float, int, np.ndarray, float, float] | None = None
+    best: tuple[float, int, np.ndarray, float, float, bool] | None = None
     for k in order[:3]:
-        try:
-            rpeaks = _r_peaks(cleaned[:, k])
-        except Exception:  # neurokit2 raises assorted errors on pathological input
-            continue
-        if rpeaks.size < 3:
-            continue
-        corr, snr = _beat_consistency(cleaned[:, k], rpeaks)
-        score = corr * min(snr, 20.0)
-        if best is None or score > best[0]:
-            best = (score, k, rpeaks, corr, snr)
+        for negated in (False, True) if _may_be_inverted(cleaned[:, k]) else (False,):
+            x = -cleaned[:, k] if negated else cleaned[:, k]
+            try:
+                rpeaks = _r_peaks(x)
+            except Exception:  # neurokit2 raises assorted errors on pathological input
+                continue
+            if rpeaks.size < 3:
+                continue
+            corr, snr = _beat_consistency(x, rpeaks)
+            # The negated lead must be clearly better: on upright leads with deep S waves
+            # both polarities give consistent beats, and the upright reading is the norm.
+            score = corr * min(snr, 20.0) / (_NEGATED_MARGIN if negated else 1.0)
+            if best is None or score > best[0]:
+                best = (score, k, rpeaks, corr, snr, negated)
     if best is None:
         return None
-    return best[1], best[2], best[3], best[4]
+    return best[1:]
 
 
 def _r_peaks(x: np.ndarray) -> np.ndarray:

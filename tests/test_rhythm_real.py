@@ -1,0 +1,149 @@
+"""Rhythm reading on real recordings (CinC-2017 AliveCor single lead, CPSC-2018 12-lead),
+the bundled rhythm model file, and upside-down leads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medfuse.errors import InputError
+from medfuse.interpret.ecg import interpret_ecg
+from medfuse.interpret.rhythm import (
+    FEATURES,
+    MODEL_FILE,
+    RhythmModel,
+    fit_rhythm_model,
+    load_rhythm_model,
+    rr_irregularity,
+)
+from medfuse.record.case import ECG
+
+REAL = Path(__file__).parent / "fixtures" / "real" / "ecg_rhythm"
+
+
+def _read(record: str) -> ECG:
+    """A Challenge record: header signal lines (gain, lead name) + MATLAB v4 'val' samples.
+    (Their header dates are in a form wfdb-python rejects, so the header is read here.)"""
+    import scipy.io
+
+    lines = [ln.split() for ln in (REAL / f"{record}.hea").read_text().splitlines() if ln and not ln.startswith("#")]
+    n_sig, fs = int(lines[0][1]), float(lines[0][2])
+    gains = np.array([float(ln[2].split("/")[0]) for ln in lines[1: 1 + n_sig]])
+    names = [ln[8] for ln in lines[1: 1 + n_sig]]
+    val = scipy.io.loadmat(str(REAL / f"{record}.mat"))["val"].astype(np.float64)   # (leads, samples)
+    return ECG(signal=(val / gains[:, None]).T, fs=fs, leads=names)
+
+
+def _labels() -> dict[str, str]:
+    rows = (REAL / "labels.csv").read_text().splitlines()[1:]  # record,label,set,meaning
+    return dict(tuple(r.split(",")[:2]) for r in rows)  # type: ignore[misc]
+
+
+def _records(label: str) -> list[str]:
+    return sorted(r for r, lab in _labels().items() if lab == label)
+
+
+# ---------------------------------------------------------------- real recordings
+
+@pytest.mark.parametrize("record", _records("A"))
+def test_real_af_recordings_read_as_af(record):
+    reading = interpret_ecg(_read(record))
+    assert reading.rhythm == "atrial_fibrillation", reading.rhythm_probabilities
+    assert reading.rhythm_probabilities["A"] >= load_rhythm_model().af_threshold
+    assert 40 <= reading.heart_rate <= 200
+
+
+@pytest.mark.parametrize("record", _records("N"))
+def test_real_sinus_recordings_read_as_sinus(record):
+    reading = interpret_ecg(_read(record))
+    assert reading.rhythm.startswith("sinus"), (reading.rhythm, reading.rhythm_probabilities)
+    assert reading.rhythm_probabilities["A"] < 0.2
+
+
+@pytest.mark.parametrize("record", _records("~"))
+def test_real_noisy_recording_is_flagged_not_given_a_rhythm(record):
+    reading = interpret_ecg(_read(record))
+    assert reading.rhythm == "unreadable" and "nois" in reading.reason
+    assert reading.heart_rate is None
+
+
+def test_the_rule_alone_is_still_available():
+    """`rhythm_model=False` reads with the rule (no model output), for comparison."""
+    reading = interpret_ecg(_read(_records("A")[0]), rhythm_model=False)
+    assert reading.rhythm_probabilities is None and reading.rhythm_features is not None
+
+
+# ---------------------------------------------------------------- upside-down leads
+
+@pytest.mark.parametrize("record", ["A00225", "A00057"])
+def test_an_upside_down_lead_reads_like_the_upright_one(record):
+    """A handheld device held the other way round records the lead negated: it is
+    recognised as upside down, and the beats, the rate and the rhythm do not change.
+    (Not every recording: an upright lead is kept unless its negative gives clearly more
+    consistent beats, see `medfuse.interpret.ecg._best_beats`.)"""
+    ecg = _read(record)
+    upright = interpret_ecg(ecg)
+    flipped = interpret_ecg(ECG(signal=-ecg.signal, fs=ecg.fs, leads=ecg.leads))
+    assert flipped.rhythm == upright.rhythm
+    assert flipped.rhythm_lead_inverted != upright.rhythm_lead_inverted
+    assert abs(flipped.heart_rate - upright.heart_rate) < 1.0
+    assert abs(flipped.n_beats - upright.n_beats) <= 1
+
+
+# ---------------------------------------------------------------- the model file
+
+def test_bundled_model_gives_the_probabilities_it_was_trained_with():
+    """The JSON file, evaluated with numpy, reproduces scikit-learn's own probabilities
+    for the rows stored at training time."""
+    model = load_rhythm_model()
+    assert model.features == FEATURES and set(model.classes) == {"N", "A", "O", "~"}
+    check = model.spec["check"]
+    for row, want in zip(check["x"], check["probabilities"], strict=True):
+        got = model.probabilities(dict(zip(model.features, row)))
+        assert np.allclose([got[c] for c in model.classes], want, atol=1e-9)
+
+
+def test_fitted_model_round_trips_through_json(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(80, len(FEATURES)))
+    y = ["A" if v > 0.3 else "N" if v < -0.3 else "O" for v in x[:, 1] + 0.3 * rng.normal(size=80)]
+    spec = fit_rhythm_model(x, y, af_threshold=0.5)
+    path = tmp_path / MODEL_FILE
+    path.write_text(json.dumps(spec))
+    model = load_rhythm_model(path)
+    for row, want in zip(spec["check"]["x"], spec["check"]["probabilities"], strict=True):
+        got = model.probabilities(dict(zip(FEATURES, row)))
+        assert np.allclose([got[c] for c in model.classes], want, atol=1e-9)
+    # The AF decision follows the stored threshold.
+    label, probs = model.predict(dict(zip(FEATURES, x[0])))
+    assert (label == "A") == (probs["A"] >= 0.5)
+
+
+def test_bad_model_files_are_one_clear_error(tmp_path):
+    missing = tmp_path / "none.json"
+    with pytest.raises(InputError, match="no such rhythm model file"):
+        load_rhythm_model(missing)
+    broken = tmp_path / "broken.json"
+    broken.write_text("{")
+    with pytest.raises(InputError, match="invalid JSON"):
+        load_rhythm_model(broken)
+    spec = json.loads(json.dumps(load_rhythm_model().spec))
+    spec["coef"] = spec["coef"][:-1]
+    with pytest.raises(InputError, match="do not match"):
+        RhythmModel(spec, "x.json")
+
+
+# ---------------------------------------------------------------- features
+
+def test_rr_irregularity_separates_regular_from_random_intervals():
+    regular = rr_irregularity(np.full(30, 0.8) + 0.005 * np.sin(np.arange(30) / 3))
+    random = rr_irregularity(np.random.default_rng(1).uniform(0.4, 1.0, 200))
+    assert regular["rr_cv"] < 0.01 and random["rr_cv"] > 0.2
+    assert regular["turning_point_ratio"] < 0.3
+    assert abs(random["turning_point_ratio"] - 2 / 3) < 0.08   # expected for an i.i.d. sequence
+    assert random["cosen"] > regular["cosen"]
+    with pytest.raises(ValueError):
+        rr_irregularity(np.array([0.8, 0.8]))
