@@ -32,8 +32,6 @@ import html
 import io
 import logging
 import math
-import os
-import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -42,7 +40,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medfuse.record.boxes import grid_to_pixel
-from medfuse.record.case import MODALITIES, VITAL_FIELDS, CXRImage, LabResult, PatientCase
+from medfuse.record.case import (
+    MODALITIES,
+    VITAL_FIELDS,
+    CXRImage,
+    LabResult,
+    PatientCase,
+)
+from medfuse.record.store import write_text_atomic
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -650,19 +655,4 @@ def write_html_summary(out_path: str | Path, items: Sequence[tuple[PatientCase, 
     reader (or an interrupted run) never sees a half-written page, and an existing page
     is replaced in one step.
     """
-    out = Path(out_path)
-    text = render_html_summary(items, scores=scores, title=title)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    # os.open with 0o666 lets the umask decide the mode (tempfile would force 0600).
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return out
+    return write_text_atomic(out_path, render_html_summary(items, scores=scores, title=title))

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ from medfuse.eval.benchmarks import EvalItem, get_benchmark
 from medfuse.eval.benchmarks.base import iter_jsonl, read_json
 from medfuse.eval.cache import OutputCache
 from medfuse.eval.prompts import PROMPT_VERSION, Prompt, build_prompt
+from medfuse.record.store import write_text_atomic
 
 RUN_FILE = "run.json"
 ITEMS_FILE = "items.jsonl"
@@ -65,12 +65,6 @@ class EvalConfig:
     max_error_share: float = 0.5  # above this share of failed requests the run has no score
     progress: bool = True  # progress bar on stderr
     extra: dict = field(default_factory=dict)  # recorded in run.json as given
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _read_run(out: Path) -> dict | None:
@@ -141,7 +135,7 @@ def run_eval(cfg: EvalConfig, model=None, judge=None) -> dict:
                 )
     out.mkdir(parents=True, exist_ok=True)
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    _atomic_write(out / RUN_FILE, json.dumps({**run_info, "started": started, **cfg.extra}, indent=1, ensure_ascii=False))
+    write_text_atomic(out / RUN_FILE, json.dumps({**run_info, "started": started, **cfg.extra}, indent=1, ensure_ascii=False))
 
     prompts = [build_prompt(it, cfg.max_new_tokens) for it in items]
     hashes = [p.cache_hash() for p in prompts]
@@ -269,7 +263,7 @@ def write_results(out: Path, run_info: dict, items: list[EvalItem], prompts: lis
             row["judge"] = verdicts.get(i, verdicts.get(str(i)))
         row["item"] = it.model_dump(mode="json")
         lines.append(json.dumps(row, ensure_ascii=False))
-    _atomic_write(out / ITEMS_FILE, "\n".join(lines) + "\n")
+    write_text_atomic(out / ITEMS_FILE, "\n".join(lines) + "\n")
 
     summary = {
         "benchmark": run_info["benchmark"],
@@ -304,8 +298,8 @@ def write_results(out: Path, run_info: dict, items: list[EvalItem], prompts: lis
             "n_judged": len(values),
             "n_unparsed": sum(v is None for v in verdicts.values()),
         }
-    _atomic_write(out / SUMMARY_FILE, json.dumps(summary, indent=1, ensure_ascii=False, default=_jsonable))
-    _atomic_write(out / RUN_FILE, json.dumps({**run_info, **(extra or {}), "finished": summary["scored_at"]}, indent=1,
+    write_text_atomic(out / SUMMARY_FILE, json.dumps(summary, indent=1, ensure_ascii=False, default=_jsonable))
+    write_text_atomic(out / RUN_FILE, json.dumps({**run_info, **(extra or {}), "finished": summary["scored_at"]}, indent=1,
                                              ensure_ascii=False))
     return summary
 

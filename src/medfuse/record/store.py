@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import tempfile
 import warnings
@@ -265,6 +266,29 @@ def image_size_guard(path: str | Path) -> Iterator[None]:
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise InputError(path, f"image is larger than {Image.MAX_IMAGE_PIXELS} pixels "
                                    "(refused as a possible decompression bomb)") from None
+
+
+def write_text_atomic(path: str | Path, text: str, mode: int | None = None) -> Path:
+    """Write `text` to `path` so that a reader (or an interrupted run) never sees half of
+    it: a temporary file beside the target, synced, then renamed over it. The file gets
+    the umask's permissions, or `mode` (e.g. 0o600 for secrets) set before the rename."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    # os.open with 0o666 lets the umask decide the mode (tempfile would force 0600).
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return out
 
 
 # The guard every entry point that reads inputs and writes an output runs first: writing
