@@ -206,12 +206,12 @@ def test_the_write_is_atomic_and_replaces_an_existing_page(tmp_path, cohort, mon
     assert [p.name for p in out.parent.iterdir()] == ["demo.html"]  # no temp file left
 
     # A write that fails at the rename leaves the old page and no temp file.
-    import medfuse.html_summary as hs
+    import medfuse.record.store as store
 
     def fail(*_):
         raise OSError("disk full")
 
-    monkeypatch.setattr(hs.os, "replace", fail)
+    monkeypatch.setattr(store.os, "replace", fail)
     with pytest.raises(OSError, match="disk full"):
         write_html_summary(out, items, title="third")
     assert "<title>again</title>" in out.read_text()
