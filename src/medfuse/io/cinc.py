@@ -171,7 +171,7 @@ def read_cinc_record(record: str | Path, report: ImportReport, labels: CincLabel
         report.skip(reason)
     for reason, count in details["notes"].items():
         report.note(reason, count)
-    comments = ecg.annotations.get("header_comments", [])
+    comments = details["comments"]  # the stored ECG keeps none of the diagnosis lines
     dx = _dx_labels(comments)
     row = labels.rows.get(record.name) if labels is not None else None
     if row is not None and row.label is not None:

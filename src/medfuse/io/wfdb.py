@@ -171,6 +171,7 @@ def read_wfdb(record_path: str | Path, load_annotations: bool = True) -> tuple[E
     details: dict[str, Any] = {
         "record": record.name,
         "header": hea.name,
+        "comments": comments,  # all header comments, diagnosis lines included
         "demographics": _demographics_from_comments(comments),
         "labels": _labels_from_comments(comments),
         "time": _base_datetime(rec),
