@@ -6,10 +6,13 @@ Measures, after a one-time load of the checkpoint:
   (featurize + fusion model + calibrated head), generation, checking/assembly;
 - batched throughput (cases/s) of `diagnose_many` for the given batch sizes.
 
-Generation is greedy with `--max-new-tokens` (default 128). An untrained checkpoint may
-stop early, which would flatter it, so by default every case is forced to generate exactly
-`--max-new-tokens` tokens (`min_new_tokens`): the worst case the token limit allows.
-`--natural` lets the model stop at EOS instead. Goals (2 CPU cores): single
+Generation is greedy with `--max-new-tokens` (default 128). By default `diagnose` explains
+the head's decision with the scaffolded, constrained decoder: the plan of each case
+(headers, one rationale slot per reported disease with its budget) decides how many tokens
+it takes, up to the plan's worst case, and `min_new_tokens` cannot lengthen it. `--free`
+measures the unconstrained generation of earlier releases, where an untrained checkpoint
+may stop early, which would flatter it: there every case is forced to generate exactly
+`--max-new-tokens` tokens (`min_new_tokens`) unless `--natural` lets it stop at EOS. Goals (2 CPU cores): single
 case p50 <= 2 s, batched >= 5 cases/s.
 
     python benchmarks/bench_diagnose.py [--model CKPT] [--n 12] [--batch-sizes 8 16] [--threads 2]
@@ -52,7 +55,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=12, help="cases for the single-case latency")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 16])
     parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--natural", action="store_true", help="let generation stop at EOS")
+    parser.add_argument("--natural", action="store_true", help="with --free: let generation stop at EOS")
+    parser.add_argument("--free", action="store_true", help="unconstrained generation (earlier releases)")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (the reference machine's 2 cores)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -75,7 +79,7 @@ def main() -> None:
     t0 = time.perf_counter()
     model = MedFuse.load(args.model)
     load_s = time.perf_counter() - t0
-    gen = {} if args.natural else {"min_new_tokens": args.max_new_tokens}
+    gen = {} if args.natural or not args.free else {"min_new_tokens": args.max_new_tokens}
 
     cases = _cases(max(args.n, max(args.batch_sizes)), seed=11)
     # Warm-up: first calls pay for lazy imports, MiniLM and neurokit2 set-up.
@@ -101,7 +105,8 @@ def main() -> None:
         fuse, generate = model.fuse, model.generate
         model.fuse, model.generate = timed("fuse", fuse), timed("generate", generate)
         try:
-            (d,) = diagnose_many(model, [case], max_new_tokens=args.max_new_tokens, evidence=[ev], generate_kwargs=gen)
+            (d,) = diagnose_many(model, [case], max_new_tokens=args.max_new_tokens, evidence=[ev], generate_kwargs=gen,
+                                 constrained=not args.free)
         finally:
             model.fuse, model.generate = fuse, generate
         total = time.perf_counter() - t
@@ -109,11 +114,12 @@ def main() -> None:
         stages["fuse"].append(timings["fuse"])
         stages["generate"].append(timings["generate"])
         stages["total"].append(total)
-        tokens.append(len(model.lm.tokenizer(d.raw_text, add_special_tokens=False)["input_ids"]))
+        tokens.append(d.generated_tokens or len(model.lm.tokenizer(d.raw_text, add_special_tokens=False)["input_ids"]))
 
     result: dict = {
         "what": "diagnose on full synthetic cases (CXR + 12-lead ECG + labs + vitals + notes), default SmolLM2-135M "
-                "backbone, greedy decoding" + ("" if args.natural else f", forced to {args.max_new_tokens} new tokens"),
+                "backbone, greedy decoding" + (", decision-conditioned constrained decoding" if not args.free else
+                                               "" if args.natural else f", forced to {args.max_new_tokens} new tokens"),
         "checkpoint": "untrained default (built for the benchmark)" if tmp else str(args.model),
         "torch_threads": args.threads,
         "cpu_count": os.cpu_count(),
@@ -134,7 +140,8 @@ def main() -> None:
         batch = cases[:bs]
         evidence = [interpret_case(c) for c in batch]
         t = time.perf_counter()
-        diagnose_many(model, batch, max_new_tokens=args.max_new_tokens, evidence=evidence, generate_kwargs=gen)
+        diagnose_many(model, batch, max_new_tokens=args.max_new_tokens, evidence=evidence, generate_kwargs=gen,
+                      constrained=not args.free)
         dt = time.perf_counter() - t
         t = time.perf_counter()
         [interpret_case(c) for c in batch]

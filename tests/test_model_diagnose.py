@@ -10,18 +10,22 @@ import jsonschema
 import numpy as np
 import pytest
 import yaml
+from conftest import FIXTURES
+from test_record import full_case
 
 from medfuse.cli import main
 from medfuse.errors import InputError
 from medfuse.eval.prompts import Prompt
-from medfuse.model.config import ModelConfig
-from medfuse.model.diagnosis import DiagnoseResult, diagnose, diagnose_many, insufficient_diseases
 from medfuse.model import CHECKPOINT_FILES, MedFuse
+from medfuse.model.config import ModelConfig
+from medfuse.model.diagnosis import (
+    DiagnoseResult,
+    diagnose,
+    diagnose_many,
+    insufficient_diseases,
+)
 from medfuse.record.case import MODALITIES, LabResult, PatientCase
 from medfuse.record.store import read_case, write_case, write_index
-
-from conftest import FIXTURES
-from test_record import full_case
 
 # Small enough to build, save and load in about a second on one CPU core.
 TINY = {
@@ -309,3 +313,57 @@ def test_medfuse_eval_adapter_serves_cohort_cases_and_text_prompts(checkpoint, t
     assert set(diag.probabilities) == set(adapter.model.panel.names)
     assert set(parse_answer_set(diag)) == {n for n, p in diag.probabilities.items() if p >= 0.5}
     assert isinstance(text, str)
+
+
+# ------------------------------------------------------------------ decision-conditioned reasoning
+
+def test_reasoning_explains_exactly_the_heads_decision(model, case):
+    """Whatever the (random) tiny model writes, the scaffold and the constraints keep the
+    reasoning consistent with the head, its citations valid and every sentence finished."""
+    import re
+
+    from medfuse.formats import parse_answer_set
+    from medfuse.interpret.case import interpret_case
+    from medfuse.model.faithfulness import evidence_supports
+    from medfuse.model.prompt import numbered_evidence
+
+    model.head.thresholds = [0.0, 0.0, 1.1, 0.0, 1.1, 1.1, 1.1, 1.1, 1.1]  # AF, CAD, renal failure reported
+    try:
+        (d,) = diagnose_many(model, [case], max_new_tokens=60)
+    finally:
+        model.head.thresholds = [0.5] * len(model.panel)
+    reported = [x.name for x in d.result.diagnoses if x.present]
+    assert reported == ["atrial fibrillation", "coronary artery disease", "acute renal failure"]
+    assert parse_answer_set(d.raw_text) == reported  # the answer is the head's set, by construction
+    think = d.raw_text.split("</think>")[0].removeprefix("<think>")
+    lines = think.split("\n")
+    # Most probable first, one line each: the header is the decoder's, the rest the model's.
+    assert {ln.split(":")[0] for ln in lines[:3]} == set(reported) and len(lines) <= 4
+    assert not d.check.truncated and d.generated_tokens > 0
+    listed = numbered_evidence(interpret_case(case))
+    for line in lines[:3]:
+        key = model.panel.lookup(line.split(":")[0]).key
+        for k in (int(x) for x in re.findall(r"E(\d+)", " ".join(re.findall(r"\[[^\]]*\]", line)))):
+            assert key in evidence_supports(listed[k - 1]), line
+        assert re.search(r"[.!?]$", line.rstrip()), line  # a finished sentence
+    assert not any(c.reason.startswith("cites") for c in d.check.dropped)
+    assert d.consistency is not None and not d.consistency.argued_unreported
+
+
+def test_the_prompt_states_the_decision_and_numbers_the_evidence(model, case):
+    from medfuse.interpret.case import interpret_case
+    from medfuse.model.prompt import HeadDecision, numbered_evidence
+
+    evidence = interpret_case(case)
+    decision = HeadDecision(reported=(("pneumonia", 0.91),), considered=(("sepsis", 0.32),))
+    _, user = build_prompt_for(model, case, evidence, decision)
+    listed = numbered_evidence(evidence)
+    assert f"[E1] {listed[0].cite()}" in user and f"[E{len(listed)}] {listed[-1].cite()}" in user
+    assert "Disease head decision: reported: pneumonia 0.91. considered, not reported: sepsis 0.32." in user
+    assert "citing the evidence it rests on by id" in user
+
+
+def build_prompt_for(model, case, evidence, decision):
+    from medfuse.model.diagnosis import build_prompt
+
+    return build_prompt(case, evidence, model.panel, "en", decision=decision)

@@ -273,3 +273,40 @@ def test_a_reasoning_cut_off_mid_sentence_is_counted(case, evidence):
     # A finished reasoning is not truncated.
     check = check_reasoning("<think>Creatinine 2.1 mg/dL is high.</think><answer>none</answer>", case, evidence)
     assert not check.truncated
+
+
+# ------------------------------------------------------------------ evidence ids and consistency
+
+def test_citations_must_exist_and_concern_the_disease_of_their_line(case, evidence):
+    from medfuse.model.prompt import numbered_evidence
+
+    listed = numbered_evidence(evidence)
+    creatinine = next(k for k, ev in enumerate(listed, 1) if ev.item == "creatinine")
+    kras = next(k for k, ev in enumerate(listed, 1) if ev.modality == "genomics")
+    text = (f"acute renal failure: creatinine is raised. Evidence: [E{creatinine}].\n"
+            f"lung cancer: a KRAS driver variant. Evidence: [E{creatinine}].\n"
+            f"lung cancer: a KRAS driver variant [E{kras}].\n"
+            f"acute renal failure: see [E{len(listed) + 4}].")
+    check = check_reasoning(text, case, evidence, cited=listed)
+    assert [s.split(":")[0] for s in split_sentences(check.text)] == ["acute renal failure", "Evidence",
+                                                                      "lung cancer", "lung cancer"]
+    reasons = [c.reason for c in check.dropped]
+    assert reasons == [f"cites [E{creatinine}] (creatinine) for lung cancer, which the panel does not tie to it",
+                       f"cites [E{len(listed) + 4}], which is not in the evidence list"]
+    # Without the list, ids are pointers the checker cannot judge: nothing is removed for them.
+    assert not check_reasoning(text, case, evidence).dropped
+
+
+def test_consistency_needs_a_rationale_per_reported_disease_and_nothing_for_others():
+    from medfuse.model.faithfulness import check_consistency
+
+    good = ("<think>sepsis: lactate is raised.\npneumonia: consolidation.\n"
+            "Considered, not reported (below threshold): heart failure.</think>")
+    assert check_consistency(good, ["sepsis", "pneumonia"]).consistent
+    missing = check_consistency("<think>sepsis: lactate is raised.</think>", ["sepsis", "pneumonia"])
+    assert missing.missing == ["pneumonia"] and missing.problems == ["no rationale for reported pneumonia"]
+    argued = check_consistency("<think>sepsis: raised lactate, and atrial fibrillation on the ECG.</think>", ["sepsis"])
+    assert argued.argued_unreported == ["atrial_fibrillation"]
+    # An empty header is no rationale; a denial is no argument.
+    assert check_consistency("<think>sepsis:</think>", ["sepsis"]).missing == ["sepsis"]
+    assert check_consistency("<think>sepsis: fever, no pneumonia.</think>", ["sepsis"]).consistent

@@ -87,6 +87,27 @@ def test_placeholder_expands_to_the_modality_tokens_at_its_position(tiny: Medfus
         torch.testing.assert_close(row[labs_pos_1 : labs_pos_1 + K], projected[1, K : 2 * K])
 
 
+def test_processor_expands_placeholders_into_one_position_per_present_token(tiny: MedfuseLM):
+    """As in LLaVA: the processor writes the ids and where each fused token goes; the LM only splices."""
+    prompt = chat_prompt(tiny.tokenizer, "ECG: <ecg>\nLabs: <labs>\nWhich diseases?")
+    fused = _fused(2, ecg_present=[True, False])
+    rows = tiny.processor([prompt, prompt], fused)
+    plain = _ids(tiny, prompt)
+    ecg, labs = tiny.placeholder_ids["<ecg>"], tiny.placeholder_ids["<labs>"]
+    assert len(rows[0].input_ids) == len(plain) - 2 + 2 * K  # both placeholders expanded to K positions
+    assert len(rows[1].input_ids) == len(plain) - 2 + K  # the missing ECG's placeholder vanishes
+    assert [n for _, n in rows[0].fused_index] == [*range(K), *range(K, 2 * K)]
+    assert [n for _, n in rows[1].fused_index] == [*range(K, 2 * K)]
+    for row in rows:
+        assert all(row.input_ids[pos] in (ecg, labs) for pos, _ in row.fused_index)
+    # build_inputs keeps its behaviour: the spliced positions hold the projected fused tokens.
+    embeds, mask = tiny.build_inputs([prompt], _fused(1, ecg_present=[True]))  # (1, T, H)
+    projected = tiny.projector(_fused(1, ecg_present=[True]).tokens)  # (1, N, H)
+    (row,) = tiny.processor([prompt], _fused(1, ecg_present=[True]))
+    for pos, n in row.fused_index:
+        assert torch.allclose(embeds[0, pos], projected[0, n], atol=1e-6)
+
+
 def test_missing_modality_tokens_never_reach_the_llm(tiny: MedfuseLM):
     prompt = chat_prompt(tiny.tokenizer, "ECG: <ecg> Labs: <labs> Which diseases?")
     fused = _fused(1, ecg_present=[False])
@@ -298,8 +319,10 @@ def test_smollm2_gguf_converts_once_to_a_cache_with_identical_logits(tmp_path, m
     monkeypatch.setenv("MEDFUSE_CACHE", str(tmp_path / "cache"))
     target = tmp_path / "cache" / "llm" / DEFAULT_LLM
     converted: list = []
-    real_convert = llm_module.convert_gguf
-    monkeypatch.setattr(llm_module, "convert_gguf", lambda g, t: converted.append(real_convert(g, t)) or converted[-1])
+    from medfuse.model import backbone as backbone_module
+
+    real_convert = backbone_module.convert_gguf
+    monkeypatch.setattr(backbone_module, "convert_gguf", lambda g, t: converted.append(real_convert(g, t)) or converted[-1])
 
     assert resolve_llm(DEFAULT_LLM) == target
     assert len(converted) == 1

@@ -267,9 +267,11 @@ def test_combined_reward_sums_applicable_rewards():
         "jaccard": [None, 1.0, 1.0, None],
         "format": [1.0, 1.0, 0.0, 0.0],
         "box_iou": [1.0, None, None, None],
+        "citation": [None, None, None, None],  # no prompts column: nothing to check ids against
+        "consistency": [None, 0.5, 1.0, None],  # "evidence" explains neither pneumonia nor sepsis
     }
-    assert DEFAULT_WEIGHTS == {"jaccard": 1.0, "format": 0.5, "box_iou": 0.5}
-    assert combined_reward(completions, **columns) == [1.0, 1.5, 1.0, 0.0]  # None skipped, not zeroed
+    assert DEFAULT_WEIGHTS == {"jaccard": 1.0, "format": 0.5, "box_iou": 0.5, "citation": 0.5, "consistency": 0.5}
+    assert combined_reward(completions, **columns) == [1.0, 1.75, 1.5, 0.0]  # None skipped, not zeroed
     assert combined_reward(completions, weights={"jaccard": 2.0}, **columns) == [None, 2.0, 2.0, None]
     no_boxes = combined_reward(completions, weights={"box_iou": 1.0}, answer_diseases=columns["answer_diseases"])
     assert no_boxes == [None] * 4  # no gold_boxes column: the box reward applies to nothing
@@ -280,7 +282,41 @@ def test_combined_reward_sums_applicable_rewards():
 def test_registry_functions_follow_trl_signature():
     assert set(REWARDS) == set(DEFAULT_WEIGHTS)
     for fn, column in REWARDS.values():
-        kwargs = {} if column is None else {column: [None]}
-        out = fn(completions=["<answer>none</answer>"], prompts=["q"], completion_ids=[[1]], **kwargs)
+        kwargs = {"prompts": ["q"], "completion_ids": [[1]]} | ({} if column is None else {column: [None]})
+        out = fn(completions=["<answer>none</answer>"], **kwargs)
         assert isinstance(out, list) and len(out) == 1
     assert completion_text([]) == ""
+
+
+# ---------------------------------------------------------------- citations and consistency
+
+_PROMPT = ("Measured evidence:\n[E1] crp 16.3 mg/L (high) [labs[2]]\n[E2] bnp 900 pg/mL (high) [labs[3]]\n"
+           "[E3] temperature 38.9 Cel (fever) [vitals[0]]\n\nDisease head decision: reported: pneumonia 0.91.")
+
+
+def test_citation_reward_scores_ids_that_exist_and_concern_the_disease():
+    from medfuse.train.rewards import citation_reward
+
+    outs = [
+        wrap("pneumonia", "pneumonia: raised CRP and fever [E1, E3]."),  # both tied to pneumonia
+        wrap("pneumonia", "pneumonia: raised CRP [E1], BNP [E2]."),  # BNP argues heart failure: half
+        wrap("pneumonia", "pneumonia: raised CRP [E9]."),  # no such item
+        wrap("pneumonia", "pneumonia: likely."),  # could cite E1/E3 and does not
+        wrap("lung cancer", "lung cancer: no listed item shows it."),  # nothing to cite
+    ]
+    conversational = [[{"role": "user", "content": _PROMPT}]] * len(outs)
+    assert citation_reward(outs, prompts=conversational) == [1.0, 0.5, 0.0, 0.0, 1.0]
+
+
+def test_consistency_reward_needs_every_reported_rationale_and_no_other_disease():
+    from medfuse.train.rewards import consistency_reward
+
+    outs = [
+        wrap("pneumonia; sepsis", "pneumonia: CRP high [E1].\nsepsis: fever [E3]."),
+        wrap("pneumonia; sepsis", "pneumonia: CRP high [E1]."),  # sepsis unexplained
+        wrap("pneumonia", "pneumonia: CRP high [E1], as in heart failure."),  # argues an unreported disease
+        wrap("pneumonia", "pneumonia: CRP high [E1].\nConsidered, not reported (below threshold): heart failure."),
+        wrap("pneumonia", "pneumonia: CRP high, no heart failure."),  # a denial is not an argument
+    ]
+    gold = [["pneumonia", "sepsis"], ["pneumonia", "sepsis"], ["pneumonia"], ["pneumonia"], ["pneumonia"]]
+    assert consistency_reward(outs, answer_diseases=gold) == pytest.approx([1.0, 2 / 3, 0.5, 1.0, 1.0])

@@ -22,6 +22,11 @@ _EXPORTS = {
     "diagnose": "medfuse.model.diagnosis",
     "diagnose_many": "medfuse.model.diagnosis",
     "check_reasoning": "medfuse.model.faithfulness",
+    "check_consistency": "medfuse.model.faithfulness",
+    "ReasoningConstraint": "medfuse.model.constrained",
+    "HFReasoningProcessor": "medfuse.model.constrained",
+    "MedfuseProcessor": "medfuse.model.processor",
+    "reasoning_constraints": "medfuse.model.diagnosis",
     "ModelConfig": "medfuse.model.config",
 }
 

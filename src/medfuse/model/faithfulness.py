@@ -32,6 +32,15 @@ Two checks guard `medfuse diagnose` against showing invented facts:
   measured", "no consolidation") are statements about absence, which the case backs unless
   it reports that very thing.
 
+  With the numbered evidence list the prompt showed (`cited`), citations are checked too:
+  every `[Ek]` must be an item of the list, and a sentence about a disease (a rationale
+  line "Heart failure: ... [E3]", or one that names the disease) may cite only items the
+  panel's evidence rules (`knowledge/evidence_support.yaml`) tie to that disease.
+
+  `check_consistency` compares a reasoning with the disease head's decision: every
+  reported disease has a rationale line that survived the check, and no sentence outside
+  the considered-but-absent line argues for a disease the head does not report.
+
   Sentences with an unsupported claim are removed from the text and returned in
   `ReasoningCheck.dropped` with the reason, so the caller can show them as flagged, never
   as fact. A reasoning cut off mid-sentence (an open `<think>` or a last sentence without
@@ -46,11 +55,12 @@ from __future__ import annotations
 import math
 import re
 from bisect import bisect_right
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
 from medfuse.formats import parse_think
+from medfuse.knowledge.evidence_support import finding_supports, supported_diseases
 from medfuse.knowledge.labs import lab_entries
 from medfuse.knowledge.panel import Panel, load_panel
 from medfuse.model.reasoning_terms import (
@@ -74,8 +84,8 @@ from medfuse.model.reasoning_terms import (
 from medfuse.record.case import VITAL_FIELDS, PatientCase
 from medfuse.record.evidence import Evidence
 
-__all__ = ["TRUNCATED_REASON", "ReasoningCheck", "UnsupportedClaim", "check_reasoning", "evidence_in_case",
-           "split_sentences"]
+__all__ = ["TRUNCATED_REASON", "ConsistencyCheck", "ReasoningCheck", "UnsupportedClaim", "check_consistency",
+           "check_reasoning", "evidence_in_case", "evidence_supports", "split_sentences"]
 
 # --------------------------------------------------------------------------- cues
 
@@ -642,7 +652,7 @@ def _panel_thresholds(panel: Panel) -> frozenset[float]:
 
 
 def check_reasoning(text: str, case: PatientCase, evidence: list[Evidence], panel: Panel | None = None,
-                    findings: Iterable[str] | None = None) -> ReasoningCheck:
+                    findings: Iterable[str] | None = None, cited: Sequence[Evidence] | None = None) -> ReasoningCheck:
     """Remove the sentences of `text` whose claims the case does not back (see module doc).
 
     `evidence` is `interpret_case(case)` (already computed by the caller); `panel`
@@ -650,6 +660,8 @@ def check_reasoning(text: str, case: PatientCase, evidence: list[Evidence], pane
     are the image finding labels the finding head located (None: it did not run), which
     a sentence may name besides the case's own findings. `text` may be the raw
     generation: an opening `<think>` without its closing tag marks it as cut off.
+    `cited` is the numbered evidence list of the prompt (`[E1]` is `cited[0]`); without
+    it, `[Ek]` citations are not checked.
     """
     panel = panel or load_panel()
     facts = _case_facts(case, evidence, findings)
@@ -660,12 +672,16 @@ def check_reasoning(text: str, case: PatientCase, evidence: list[Evidence], pane
     sentences = split_sentences(_PARTIAL_TAG.sub("", _MARKUP.sub(" ", text if think is None else think)))
     unfinished = bool(sentences) and not _FINISHED.search(sentences[-1])
     truncated = unfinished or bool(_OPEN_THINK.search(text) and not _CLOSE_THINK.search(text))
+    about: str | None = None  # the disease the current rationale line is about
     for i, sentence in enumerate(sentences):
+        about = _sentence_disease(sentence, panel, about)
         if unfinished and i == len(sentences) - 1:
             # A partial claim is not shown as fact, whatever it says; it is counted, not lost.
             dropped.append(UnsupportedClaim(sentence=sentence, reason=TRUNCATED_REASON))
             continue
         masked, problem = _citation_problem(sentence, case)
+        if cited is not None:
+            problem = problem or _evidence_id_problem(sentence, cited, about, panel)
         problem = problem or _sentence_problem(masked, facts, thresholds)
         if problem is None:
             kept.append(sentence)
@@ -673,6 +689,106 @@ def check_reasoning(text: str, case: PatientCase, evidence: list[Evidence], pane
             dropped.append(UnsupportedClaim(sentence=sentence, reason=problem))
     joiner = "" if any(re.search(r"[\u4e00-\u9fff]", s) for s in kept) else " "
     return ReasoningCheck(text=joiner.join(kept), dropped=dropped, n_sentences=len(sentences), truncated=truncated)
+
+
+# --------------------------------------------------------------------------- evidence ids and consistency
+
+_EVIDENCE_ID = re.compile(r"\bE(\d+)\b")
+_HEADER = re.compile(r"^\s*([^:：.;。；\[\]]{2,60})[:：]")
+_CONSIDERED_LINE = re.compile(r"^\s*(?:Considered, not reported|No candidate disease|考虑但未报告|没有候选疾病)")
+
+
+def evidence_supports(ev: Evidence) -> set[str]:
+    """Panel keys the panel's evidence rules tie to an evidence item (image findings by label too)."""
+    keys = supported_diseases(ev)
+    if ev.modality == "cxr" and ev.abnormal:
+        keys = keys | finding_supports(str(ev.item))
+    return keys
+
+
+def _sentence_disease(sentence: str, panel: Panel, current: str | None) -> str | None:
+    """The disease a sentence is about: its 'Disease:' header, else the rationale line it continues."""
+    if _CONSIDERED_LINE.search(sentence):
+        return None
+    m = _HEADER.match(sentence)
+    d = panel.lookup(m.group(1)) if m is not None else None
+    # "Evidence: [E3]." continues the line of the disease before it.
+    return d.key if d is not None else current
+
+
+def _evidence_id_problem(sentence: str, cited: Sequence[Evidence], about: str | None, panel: Panel) -> str | None:
+    for m in _EVIDENCE_NUMBER.finditer(sentence):
+        for k in (int(x) for x in _EVIDENCE_ID.findall(m.group(0).upper())):
+            if not 1 <= k <= len(cited):
+                return f"cites [E{k}], which is not in the evidence list"
+            if about is not None and about not in evidence_supports(cited[k - 1]):
+                return (f"cites [E{k}] ({cited[k - 1].item}) for {panel.by_key(about).name}, which the panel "
+                        "does not tie to it")
+    return None
+
+
+@dataclass
+class ConsistencyCheck:
+    """The reasoning against the head's decision: reported diseases without a rationale,
+    unreported diseases a sentence argues for."""
+
+    missing: list[str] = field(default_factory=list)  # reported keys without a surviving rationale line
+    argued_unreported: list[str] = field(default_factory=list)  # unreported keys argued for
+
+    @property
+    def consistent(self) -> bool:
+        return not self.missing and not self.argued_unreported
+
+    @property
+    def problems(self) -> list[str]:
+        return ([f"no rationale for reported {k.replace('_', ' ')}" for k in self.missing]
+                + [f"argues for unreported {k.replace('_', ' ')}" for k in self.argued_unreported])
+
+
+@lru_cache(maxsize=8)
+def _disease_patterns(panel: Panel) -> tuple[tuple[str, re.Pattern], ...]:
+    out = []
+    for d in panel:
+        for t in {d.key.replace("_", " "), d.name, *d.synonyms, *(x for x in (d.zh,) if x), *d.zh_synonyms}:
+            out.append((d.key, term_pattern(t, any_case=len(t) > 4)))
+    return tuple(out)
+
+
+def check_consistency(text: str, reported: Iterable[str], panel: Panel | None = None) -> ConsistencyCheck:
+    """Check a (checked) reasoning against the head's reported disease keys.
+
+    A reported disease needs a sentence starting with its name and a colon followed by a
+    rationale; a sentence naming an unreported disease (not negated, and not in the
+    considered-but-absent line) argues for it.
+    """
+    panel = panel or load_panel()
+    reported = set(reported)
+    think = parse_think(text)
+    sentences = split_sentences(_PARTIAL_TAG.sub("", _MARKUP.sub(" ", text if think is None else think)))
+    explained: set[str] = set()
+    argued: list[str] = []
+    in_considered = False
+    for sentence in sentences:
+        m = _HEADER.match(sentence)
+        if _CONSIDERED_LINE.search(sentence):
+            in_considered = True
+            continue
+        if m is not None:
+            in_considered = False
+            d = panel.lookup(m.group(1))
+            if d is not None and sentence[m.end():].strip(" .。"):
+                explained.add(d.key)
+        if in_considered:
+            continue
+        for key, pat in _disease_patterns(panel):
+            if key in reported or key in argued:
+                continue
+            for hit in pat.finditer(sentence):
+                if not _negated(sentence, hit.start(), hit.end()):
+                    argued.append(key)
+                    break
+    return ConsistencyCheck(missing=[k for k in panel.keys if k in reported and k not in explained],
+                            argued_unreported=argued)
 
 
 # --------------------------------------------------------------------------- evidence values

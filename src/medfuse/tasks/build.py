@@ -136,14 +136,14 @@ def gold_disease_keys(case: PatientCase, panel: Panel) -> list[str]:
 def _value_text(ev: Evidence) -> str:
     """The value part of `Evidence.cite()` ('4.18 mg/dL (high)'), formatted the same way."""
     cite = ev.cite()
-    body = cite[: -len(f" [{ev.source}]")] if cite.endswith(f" [{ev.source}]") else cite
+    body = cite.removesuffix(f" [{ev.source}]")
     return body[len(ev.item):].strip()
 
 
 def _short_cite(ev: Evidence) -> str:
     """`Evidence.cite()` without its source: 'creatinine 4.18 mg/dL (high)'."""
     cite = ev.cite()
-    return cite[: -len(f" [{ev.source}]")] if cite.endswith(f" [{ev.source}]") else cite
+    return cite.removesuffix(f" [{ev.source}]")
 
 
 def _lab_name(item: str, lang: str) -> str:
@@ -459,21 +459,41 @@ def _token_groups(case: PatientCase) -> list[str]:
 def _diagnose_task_text(lang: str) -> str | None:
     """The task paragraph of the diagnose prompt, which the prompt variants replace."""
     try:
-        from medfuse.model.diagnosis import _TEXT  # the inference prompt's own text: one source of truth
+        from medfuse.model.diagnosis import (
+            _TEXT,  # the inference prompt's own text: one source of truth
+        )
     except ImportError:  # pragma: no cover - the diagnose module renamed it; variants are skipped
         return None
     return _TEXT.get(lang, {}).get("task")
 
 
-def _diagnosis_prompt(ctx: _Case, lang: str, rng: random.Random) -> tuple[str, str]:
+def _training_decision(ctx: _Case, rng: random.Random):
+    """The head decision a diagnosis sample's prompt states: the gold set (teacher forcing).
+
+    Probabilities are drawn on the side of the threshold the decision is on (the head's
+    calibrated values are not known when the data are built); the considered diseases
+    are up to two others that some abnormal evidence supports (the confusable ones).
+    """
+    from medfuse.model.prompt import HeadDecision
+
+    reported = sorted(((k, round(rng.uniform(0.55, 0.99), 2)) for k in ctx.gold), key=lambda x: -x[1])
+    confusable = [k for k in ctx.panel.keys if k not in ctx.gold
+                  and any(k in supported_diseases(ev) for ev in ctx.evidence if ev.abnormal)]
+    considered = sorted(((k, round(rng.uniform(0.1, 0.45), 2)) for k in confusable[:2]), key=lambda x: -x[1])
+    return HeadDecision(reported=tuple(reported), considered=tuple(considered))
+
+
+def _diagnosis_prompt(ctx: _Case, lang: str, rng: random.Random, decision=None) -> tuple[str, str]:
     from medfuse.model.diagnosis import build_prompt
 
     # The labelled findings stand in for the finding head's (teacher forcing): at inference
     # `diagnose` puts the trained head's findings on the same line.
     findings = list(ctx.boxed.items()) if ctx.case.cxr and ctx.annotated else None
     system, user = build_prompt(ctx.case, ctx.evidence, ctx.panel, lang, token_groups=_token_groups(ctx.case),
-                                findings=findings)
-    if rng.random() < T.EXACT_DIAGNOSIS_PROMPT_P:
+                                findings=findings, decision=decision)
+    if decision is not None or rng.random() < T.EXACT_DIAGNOSIS_PROMPT_P:
+        # A decision-conditioned prompt is always the inference prompt: the decoder's
+        # scaffold (`reasoning_plan`) follows that task text.
         return system, user
     alt_system, alt_task = rng.choice(T.DIAGNOSIS_VARIANTS[lang])
     task_text = _diagnose_task_text(lang)
@@ -482,40 +502,46 @@ def _diagnosis_prompt(ctx: _Case, lang: str, rng: random.Random) -> tuple[str, s
     return alt_system, user.replace(task_text, alt_task, 1)
 
 
-def _diagnosis_target(ctx: _Case, lang: str) -> str:
+def _diagnosis_target(ctx: _Case, lang: str, decision) -> str:
+    """The reasoning `diagnose`'s constrained decoder scaffolds, written from the gold set.
+
+    One line per reported disease: its header ("Heart failure:"), the readings the panel
+    ties to it (or a sentence saying no listed item shows it), then "Evidence: [E2, E5]."
+    with the first `MAX_CITED_IDS` ids of those items in the prompt's numbered evidence;
+    then the considered-but-absent line; then the answer, which is the reported set.
+    """
+    from medfuse.model.prompt import _TEXT as _PROMPT_TEXT
+    from medfuse.model.prompt import (
+        MAX_CITED_IDS,
+        format_considered,
+        numbered_evidence,
+        rationale_header,
+        supporting_ids,
+    )
+
     t = T.THINK[lang]
     panel = ctx.panel
-    abnormal = [ev for ev in ctx.evidence if ev.abnormal]
+    numbered = numbered_evidence(ctx.evidence)
     lines: list[str] = []
-    # The prompt already lists every abnormal item with its value and source; the chain
-    # names the readings that carry each decision (a 135M model writing 400+ tokens of
-    # copied citations before its answer would rarely reach the answer).
-    if not abnormal:
-        lines.append(t["no_abnormal"])
-    if ctx.case.cxr and ctx.annotated:
-        if ctx.findings:
-            # Named, not boxed: the boxes are the finding head's, given in the prompt.
-            shown = [T.finding_name(label, lang) for label in ctx.findings]
-            lines.append(t["image"].format(findings=t["list_sep"].join(shown)))
-        elif ctx.case.labels and ctx.case.labels.report:
-            lines.append(t["image_clear"])
-    used: set[int] = set()
-    for key in ctx.gold:
-        support = [i for i, ev in enumerate(abnormal) if key in supported_diseases(ev)]
-        used.update(support)
-        names = _group_readings([abnormal[i] for i in support], lang)
+    for key, _ in decision.reported:
+        ids = supporting_ids(numbered, key)
+        support = [numbered[k - 1] for k in ids if numbered[k - 1].modality != "cxr"]
+        names = _group_readings(support, lang)
         names += [T.finding_name(label, lang) for label in ctx.findings if key in finding_supports(label)]
-        disease = panel.by_key(key).display(lang)
+        header = rationale_header(key, panel, lang)
         if names:
-            lines.append(t["supports"].format(disease=disease, items=t["list_sep"].join(names)))
+            line = t["rationale"].format(header=header, items=t["list_sep"].join(names))
         else:
-            lines.append(t["unsupported"].format(disease=disease))
-    rest = [ev for i, ev in enumerate(abnormal) if i not in used and ev.modality != "demographics"]
-    if rest:
-        lines.append(t["nonspecific"].format(items=t["list_sep"].join(_group_readings(rest, lang))))
-    if not ctx.gold:
-        lines.append(t["healthy"])
-    answer = format_answer(panel.by_key(k).display(lang) for k in ctx.gold)
+            line = t["rationale_unsupported"].format(header=header)
+        if ids:
+            # The citation sentence `diagnose`'s decoder opens ("Evidence: [E"); the ids are the model's to write.
+            shown = ", E".join(str(k) for k in ids[:MAX_CITED_IDS])
+            line += _PROMPT_TEXT[lang]["cite_opener"] + shown + "]" + _PROMPT_TEXT[lang]["cite_close"]
+        lines.append(line)
+    considered = format_considered(decision, panel, lang)
+    if considered:
+        lines.append(considered)
+    answer = format_answer(panel.by_key(k).display(lang) for k in ctx.gold)  # panel order, as `diagnose` writes it
     return f"<think>{chr(10).join(lines)}</think>{answer}"
 
 
@@ -523,8 +549,9 @@ def _diagnosis(ctx: _Case, lang: str) -> list[tuple[list[dict[str, str]], dict]]
     if not ctx.annotated:
         return []  # no gold answer
     rng = ctx.rng("diagnosis", lang)
-    system, user = _diagnosis_prompt(ctx, lang, rng)
-    return [(_messages(system, user, _diagnosis_target(ctx, lang)), {})]
+    decision = _training_decision(ctx, rng)
+    system, user = _diagnosis_prompt(ctx, lang, rng, decision)
+    return [(_messages(system, user, _diagnosis_target(ctx, lang, decision)), {})]
 
 
 # ---------------------------------------------------------------------------- region tasks
@@ -551,9 +578,9 @@ def _text_to_region(ctx: _Case, lang: str) -> list[tuple[list[dict[str, str]], d
 
 # ---------------------------------------------------------------------------- reports
 
-_SECTION_BREAK = re.compile(r"\n\s*(?:IMPRESSION\s*:|印象\s*[:：])", re.I)
-_MARKUP = re.compile(r"<ref>.*?</ref><box>.*?</box>", re.S)
-_NEGATION = re.compile(r"\b(?:no|without|negative for)\b|未见|无", re.I)
+_SECTION_BREAK = re.compile(r"\n\s*(?:IMPRESSION\s*:|印象\s*[:：])", re.IGNORECASE)
+_MARKUP = re.compile(r"<ref>.*?</ref><box>.*?</box>", re.DOTALL)
+_NEGATION = re.compile(r"\b(?:no|without|negative for)\b|未见|无", re.IGNORECASE)
 _SENTENCE_START = re.compile(r"[.!?。！？；;]\s*")
 
 
@@ -584,7 +611,7 @@ def _insert_box(text: str, label: str, boxes: list[list[int]]) -> str | None:
     masked = [m.span() for m in _MARKUP.finditer(text)]
     best: tuple[int, int] | None = None
     for term in terms:
-        for m in re.finditer(re.escape(term), text, flags=re.I):
+        for m in re.finditer(re.escape(term), text, flags=re.IGNORECASE):
             if any(a <= m.start() < b for a, b in masked):
                 continue
             starts = [s.end() for s in _SENTENCE_START.finditer(text, 0, m.start())]

@@ -228,6 +228,9 @@ THINK = {
         "nonspecific": "Not specific for a candidate disease here: {items}.",
         "healthy": "Taken together, the data support none of the candidate diseases.",
         "conclusion": "Diagnoses: {diseases}.",
+        # A rationale line of the decision-conditioned format (the header is the scaffold's).
+        "rationale": "{header} supported by {items}.",
+        "rationale_unsupported": "{header} no listed evidence item shows it directly.",
         "sep": "; ",
         "list_sep": ", ",
     },
@@ -241,6 +244,8 @@ THINK = {
         "nonspecific": "以下异常对候选疾病不具特异性：{items}。",
         "healthy": "综合来看，数据不支持任何候选疾病。",
         "conclusion": "诊断：{diseases}。",
+        "rationale": "{header}{items}支持该诊断。",
+        "rationale_unsupported": "{header}列出的证据未直接显示该病。",
         "sep": "；",
         "list_sep": "、",
     },

@@ -86,6 +86,8 @@ def train_grpo(cfg: GRPOConfig, command: str | None = None) -> dict[str, Any]:
             "answer_diseases": [s.answer_diseases for s in samples for _ in range(G)],
             "gold_boxes": [s.gold_boxes for s in samples for _ in range(G)],
             "task": [s.task for s in samples for _ in range(G)],
+            # The user message: its numbered evidence is what the citation reward checks ids against.
+            "prompts": [s.user for s in samples for _ in range(G)],
             "panel": model.panel,
         }
         summed = combined_reward(texts, weights=weights, **columns)

@@ -8,7 +8,10 @@ say whether GRPO improved on the SFT model it started from). Greedy decoding; pe
 - faithfulness: numbers written in the `<think>` reasoning that survive `check_reasoning`
   (they are values of the case, reference bounds or panel thresholds) over all numbers
   written there; sentences with an unsupported claim are dropped by the checker, and the
-  numbers in them count as unfaithful.
+  numbers in them count as unfaithful;
+- `citation` / `consistency`: the GRPO rewards of that name (cited `[Ek]` ids exist and
+  concern the rationale's disease; every disease of the prompt's decision explained and
+  no other argued for).
 """
 
 from __future__ import annotations
@@ -37,14 +40,19 @@ def evaluate_answers(model, cfg: LMStageConfig, n: int, max_new_tokens: int = 19
     from medfuse.interpret.case import interpret_case
     from medfuse.model.faithfulness import check_reasoning
     from medfuse.model.llm import chat_prompt
-    from medfuse.train.rewards import format_reward, jaccard_reward
+    from medfuse.train.rewards import (
+        citation_reward,
+        consistency_reward,
+        format_reward,
+        jaccard_reward,
+    )
 
     data = TaskData(cfg, split, ("diagnosis",), model, n)
     if not len(data):
         return {"n": 0}
     model.eval()
     tok = model.lm.tokenizer
-    jac, fmt, tag = [], [], []
+    jac, fmt, tag, cite, cons = [], [], [], [], []
     numbers_total = numbers_kept = 0
     for start in range(0, len(data), batch_size):
         samples, batch = data.batch(range(start, min(len(data), start + batch_size)))
@@ -54,6 +62,8 @@ def evaluate_answers(model, cfg: LMStageConfig, n: int, max_new_tokens: int = 19
         jac += jaccard_reward(gen, [s.answer_diseases for s in samples], panel=model.panel)
         fmt += format_reward(gen)
         tag += [1.0 if parse_answer_set(t) is not None else 0.0 for t in gen]
+        cite += [v for v in citation_reward(gen, prompts=[s.user for s in samples], panel=model.panel) if v is not None]
+        cons += consistency_reward(gen, [s.answer_diseases for s in samples], panel=model.panel)
         for s, t in zip(samples, gen, strict=True):
             think = parse_think(t) or ""
             total = _numbers(think)
@@ -68,6 +78,8 @@ def evaluate_answers(model, cfg: LMStageConfig, n: int, max_new_tokens: int = 19
         "mean_jaccard": round(float(np.mean(jac)), 4),
         "format_rate": round(float(np.mean(fmt)), 4),
         "answer_tag_rate": round(float(np.mean(tag)), 4),
+        "citation_validity": round(float(np.mean(cite)), 4) if cite else None,
+        "consistency": round(float(np.mean(cons)), 4),
         "numbers_in_reasoning": numbers_total,
         "faithful_number_share": round(numbers_kept / numbers_total, 4) if numbers_total else None,
     }

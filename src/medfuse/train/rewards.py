@@ -11,6 +11,12 @@ passes ``prompts``, ``completion_ids``, ``trainer_state``, ...) are ignored; Non
 - `format_reward`: 1.0 when `medfuse.formats.has_valid_format` accepts the text.
 - `box_iou_reward`: Hungarian-matched IoU of predicted and gold boxes, label by label,
   normalised by max(n_pred, n_gold) (MedRegA region tasks).
+- `citation_reward`: per rationale line ("Heart failure: ... [E3]"), the share of its
+  `[Ek]` citations that name an item of the prompt's numbered evidence which the panel
+  ties to that disease (0 for a line that could cite and does not).
+- `consistency_reward`: 1.0 when every disease of the decision (the gold set in the
+  prompt) has a rationale line and no sentence argues for another disease
+  (`medfuse.model.faithfulness.check_consistency`), minus a share per problem.
 - `REWARDS` / `DEFAULT_WEIGHTS` / `combined_reward`: the registry the GRPO stage sums.
 
 Text is read with `medfuse.formats` only, so rewards, the model's output parser and the
@@ -24,6 +30,7 @@ evaluation kit agree on what an answer is.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping, Sequence
 from functools import cache
 from pathlib import Path
@@ -32,7 +39,12 @@ from typing import Any
 from scipy.optimize import linear_sum_assignment
 
 from medfuse.eval.metrics.grounding import iou_matrix
-from medfuse.formats import _last_answer, has_valid_format, parse_answer_set, parse_boxes
+from medfuse.formats import (
+    _last_answer,
+    has_valid_format,
+    parse_answer_set,
+    parse_boxes,
+)
 from medfuse.knowledge.panel import Panel, load_panel, normalise_term
 
 __all__ = [
@@ -40,8 +52,10 @@ __all__ = [
     "REGION_TASKS",
     "REWARDS",
     "box_iou_reward",
+    "citation_reward",
     "combined_reward",
     "completion_text",
+    "consistency_reward",
     "format_reward",
     "jaccard_reward",
 ]
@@ -126,23 +140,29 @@ def jaccard_reward(
     ...     answer_diseases=[["atrial_fibrillation", "hypertension"], [], ["pneumonia"]])
     [1.0, 1.0, 0.0]
     """
+    def score(text: str, gold: set[str], p: Panel) -> float:
+        names = parse_answer_set(text)
+        if names is None:
+            return 0.0
+        pred = _keys(names, p)
+        union = pred | gold
+        return len(pred & gold) / len(union) if union else 1.0
+
+    return _scored_against_gold(completions, answer_diseases, panel, score)
+
+
+def _scored_against_gold(completions: Sequence[Any], answer_diseases: Sequence[Sequence[str] | str | None],
+                         panel: Panel | str | Path | None, score: Callable[[str, set[str], Panel], float]
+                         ) -> list[float | None]:
+    """`score(text, gold panel keys, panel)` per completion; None where the gold is None."""
     if len(answer_diseases) != len(completions):
         raise ValueError(f"{len(completions)} completions but {len(answer_diseases)} answer_diseases")
     p = _panel(panel)
-    rewards: list[float | None] = []
+    out: list[float | None] = []
     for completion, gold_value in zip(completions, answer_diseases, strict=True):
         gold_names = _gold_list(gold_value)
-        if gold_names is None:
-            rewards.append(None)
-            continue
-        names = parse_answer_set(completion_text(completion))
-        if names is None:
-            rewards.append(0.0)
-            continue
-        pred, gold = _keys(names, p), _keys([str(g) for g in gold_names], p)
-        union = pred | gold
-        rewards.append(len(pred & gold) / len(union) if union else 1.0)
-    return rewards
+        out.append(None if gold_names is None else score(completion_text(completion), _keys([str(g) for g in gold_names], p), p))
+    return out
 
 
 def format_reward(completions: Sequence[Any], **kwargs: Any) -> list[float | None]:
@@ -245,15 +265,92 @@ def box_iou_reward(
 
 
 # The registry the GRPO stage sums: name -> (function, dataset column it needs, or None).
+_HEADER = re.compile(r"^\s*([^:：.;。；\[\]]{2,60})[:：]")
+_CITED = re.compile(r"\[E\d+(?:\s*,\s*E\d+)*\]")
+
+
+def citation_reward(completions: Sequence[Any], prompts: Sequence[Any] | None = None, *, panel: Panel | str | Path | None = None,
+                    **kwargs: Any) -> list[float | None]:
+    """Citation validity of each completion's rationale lines against its prompt's `[Ek]` list.
+
+    A rationale line starts with a panel disease and a colon. Its score is the share of
+    its cited ids that exist in the prompt and that the panel ties to that disease; a
+    line that cites nothing scores 1.0 when no listed item supports the disease (nothing
+    to cite) and 0.0 otherwise. A citation outside a rationale line only has to exist.
+    The completion's score is the mean over its lines and citations; None when the
+    prompt has no numbered evidence and the completion cites nothing.
+
+    >>> prompt = "[E1] crp 16.3 mg/L (high) [labs[2]]\\n[E2] bnp 900 pg/mL (high) [labs[3]]"
+    >>> citation_reward(["<think>pneumonia: raised CRP [E1].</think><answer>pneumonia</answer>",
+    ...                  "<think>pneumonia: raised BNP [E2, E7].</think><answer>pneumonia</answer>"],
+    ...                 prompts=[prompt] * 2)
+    [1.0, 0.0]
+    """
+    from medfuse.formats import parse_think
+    from medfuse.model.faithfulness import evidence_supports, split_sentences
+    from medfuse.model.prompt import parse_numbered_evidence
+
+    if prompts is None:
+        return [None] * len(completions)  # no prompt text: nothing to check the ids against
+    if len(prompts) != len(completions):
+        raise ValueError(f"{len(completions)} completions but {len(prompts)} prompts")
+    p = _panel(panel)
+    out: list[float | None] = []
+    for completion, prompt in zip(completions, prompts, strict=True):
+        listed = parse_numbered_evidence(completion_text(prompt))
+        text = completion_text(completion)
+        think = parse_think(text)
+        scores: list[float] = []
+        for sentence in split_sentences(think if think is not None else text):
+            m = _HEADER.match(sentence)
+            disease = p.lookup(m.group(1)) if m else None
+            ids = [int(x) for c in _CITED.findall(sentence) for x in re.findall(r"\d+", c)]
+            if disease is None:
+                scores += [1.0 if 1 <= k <= len(listed) else 0.0 for k in ids]
+                continue
+            if not ids:
+                could = any(disease.key in evidence_supports(ev) for ev in listed)
+                scores.append(0.0 if could else 1.0)
+                continue
+            good = sum(1 for k in ids if 1 <= k <= len(listed) and disease.key in evidence_supports(listed[k - 1]))
+            scores.append(good / len(ids))
+        out.append(sum(scores) / len(scores) if scores else (None if not listed else 1.0))
+    return out
+
+
+def consistency_reward(completions: Sequence[Any], answer_diseases: Sequence[Sequence[str] | str | None], *,
+                       panel: Panel | str | Path | None = None, **kwargs: Any) -> list[float | None]:
+    """1 - (consistency problems) / (reported diseases + problems): every disease of the
+    decision (`answer_diseases`, the set the prompt states) explained, no other argued for.
+
+    >>> consistency_reward(["<think>sepsis: lactate raised.</think><answer>sepsis</answer>",
+    ...                     "<think>sepsis: raised, likely pneumonia too.</think><answer>sepsis</answer>"],
+    ...                    answer_diseases=[["sepsis"], ["sepsis"]])
+    [1.0, 0.5]
+    """
+    from medfuse.model.faithfulness import check_consistency
+
+    def score(text: str, reported: set[str], p: Panel) -> float:
+        n = len(check_consistency(text, reported, p).problems)
+        return 1.0 - n / (len(reported) + n) if n else 1.0
+
+    return _scored_against_gold(completions, answer_diseases, panel, score)
+
+
 REWARDS: dict[str, tuple[RewardFn, str | None]] = {
     "jaccard": (jaccard_reward, "answer_diseases"),
     "format": (format_reward, None),
     "box_iou": (box_iou_reward, "gold_boxes"),
+    "citation": (citation_reward, "prompts"),
+    "consistency": (consistency_reward, "answer_diseases"),
 }
 # Default weights (all rewards lie in [0, 1]): the answer counts most; format and boxes
 # half as much, so a well-formed wrong answer (0.5) never beats a right one in a bad
 # format (1.0). The same defaults as `medfuse.train.config.GRPOConfig.reward_weights`.
-DEFAULT_WEIGHTS: dict[str, float] = {"jaccard": 1.0, "format": 0.5, "box_iou": 0.5}
+# Citation validity and consistency weigh as much as the format: they shape how the
+# reasoning is written, not what the answer is.
+DEFAULT_WEIGHTS: dict[str, float] = {"jaccard": 1.0, "format": 0.5, "box_iou": 0.5, "citation": 0.5,
+                                     "consistency": 0.5}
 
 
 def combined_reward(
@@ -267,7 +364,8 @@ def combined_reward(
     that uses it computes the same rewards as GRPOTrainer with ``reward_funcs=[...]`` and
     ``reward_weights=[...]``.
 
-    >>> combined_reward(["<think>x</think><answer>Sepsis</answer>"], answer_diseases=[["sepsis", "pneumonia"]])
+    >>> combined_reward(["<think>x</think><answer>Sepsis</answer>"], answer_diseases=[["sepsis", "pneumonia"]],
+    ...                 weights={"jaccard": 1.0, "format": 0.5})
     [1.0]
     >>> combined_reward(["<answer>Sepsis</answer>"], weights={"format": 2.0})
     [0.0]
