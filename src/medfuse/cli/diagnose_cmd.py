@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -22,6 +23,8 @@ def diagnose_cmd(
     out: Path | None = typer.Option(None, "--out", "-o", help="Write results as JSON Lines to this file (batch mode)."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", help="Generated tokens per case (reasoning + boxes)."),
     batch_size: int = typer.Option(8, "--batch-size", help="Cases per fusion pass and generation batch."),
+    backend: str | None = typer.Option(None, "--backend",
+                                       help="Decoder: torch, llamacpp or auto (default: $MEDFUSE_DECODER, else torch)."),
 ) -> None:
     """Diagnose a case (or every case of a cohort): diseases, evidence, findings, modality weights, reasoning."""
     from medfuse.io.base import ImportReport
@@ -31,6 +34,12 @@ def diagnose_cmd(
         raise InputError(None, f"--lang '{lang}': use en or zh")
     if max_new_tokens < 1 or batch_size < 1:
         raise InputError(None, "--max-new-tokens and --batch-size must be at least 1")
+    if backend is not None:
+        from medfuse.model.llamacpp import BACKENDS, DECODER_ENV
+
+        if backend not in BACKENDS:
+            raise InputError(None, f"--backend '{backend}': use {', '.join(BACKENDS)}")
+        os.environ[DECODER_ENV] = backend  # read where the model decodes (`MedFuse.generate`)
     if out is not None and out.exists() and out.is_dir():
         raise InputError(out, "is a folder; --out takes a .jsonl file name")
     if out is not None:

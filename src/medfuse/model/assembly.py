@@ -127,15 +127,22 @@ class MedFuse(nn.Module):
 
     @torch.no_grad()
     def generate(self, prompts: list[tuple[str, str]], fused: FusedBatch | None, max_new_tokens: int = 128,
-                 **generate_kwargs: Any) -> list[str]:
+                 backend: str | None = None, **generate_kwargs: Any) -> list[str]:
         """Generate one text per (system, user) prompt, with the fused tokens at the placeholders.
 
         Greedy by default; `generate_kwargs` go to HF `generate` (e.g. `min_new_tokens`).
+        `backend`: "torch", "llamacpp" or "auto" (default: `$MEDFUSE_DECODER`, else torch);
+        llama.cpp decodes greedy generations, torch anything else and when it is missing.
         """
+        from medfuse.model.llamacpp import generate_with_backend
         from medfuse.model.llm import chat_prompt
 
         texts = [chat_prompt(self.lm.tokenizer, user, system) for system, user in prompts]
         self.lm.eval()
+        fast = generate_with_backend(self, texts, None if fused is None else fused.output, max_new_tokens, backend,
+                                     **generate_kwargs)
+        if fast is not None:
+            return fast
         kwargs = {"do_sample": False, **generate_kwargs}
         return list(self.lm.generate(texts, None if fused is None else fused.output, max_new_tokens=max_new_tokens,
                                      **kwargs))
