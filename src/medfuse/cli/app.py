@@ -13,13 +13,18 @@ from medfuse.cli.calibrate_cmd import calibrate_cmd
 from medfuse.cli.demo_cmd import demo
 from medfuse.cli.diagnose_cmd import diagnose_cmd
 from medfuse.cli.eval_cmd import eval_app
+from medfuse.cli.explain_cmd import explain_cmd
+from medfuse.cli.federate_cmd import federate_cmd
+from medfuse.cli.feedback_cmd import feedback_app
 from medfuse.cli.import_dicom import import_dicom_cmd, import_image_cmd
 from medfuse.cli.import_ecg import import_ecg_array_cmd, import_wfdb_cmd
 from medfuse.cli.import_fhir import import_fhir_cmd
 from medfuse.cli.import_labs import import_labs_csv_cmd
 from medfuse.cli.import_mimic import import_mimic_cmd
+from medfuse.cli.import_real import import_cinc_cmd, import_ieee8023_cmd, import_kermany_cmd, import_nih_cxr_cmd
 from medfuse.cli.interpret_cmd import interpret_app
 from medfuse.cli.model_cmd import model_app
+from medfuse.cli.serve_cmd import serve_cmd
 from medfuse.cli.show_cmd import show
 from medfuse.cli.synth_cmd import synth
 from medfuse.cli.tasks_cmd import tasks_app
@@ -42,13 +47,19 @@ for _name, _command in (
     ("fhir", import_fhir_cmd),
     ("labs-csv", import_labs_csv_cmd),
     ("mimic-iv", import_mimic_cmd),
+    ("cinc", import_cinc_cmd),
+    ("nih-cxr", import_nih_cxr_cmd),
+    ("ieee8023", import_ieee8023_cmd),
+    ("kermany", import_kermany_cmd),
 ):
     import_app.command(_name)(_command)
 
-for _name, _command in (("calibrate", calibrate_cmd), ("demo", demo), ("diagnose", diagnose_cmd), ("show", show),
+for _name, _command in (("calibrate", calibrate_cmd), ("demo", demo), ("diagnose", diagnose_cmd),
+                         ("explain", explain_cmd), ("federate", federate_cmd), ("serve", serve_cmd), ("show", show),
                          ("synth", synth)):
     app.command(_name)(_command)
 
-for _name, _group in (("import", import_app), ("model", model_app), ("eval", eval_app), ("interpret", interpret_app),
+for _name, _group in (("import", import_app), ("model", model_app), ("eval", eval_app), ("feedback", feedback_app),
+                     ("interpret", interpret_app),
                       ("tasks", tasks_app), ("train", train_app)):
     app.add_typer(_group, name=_name)
