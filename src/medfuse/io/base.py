@@ -13,13 +13,16 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from medfuse.errors import InputError
 from medfuse.record.case import PatientCase
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 T = TypeVar("T")
 
@@ -154,3 +157,25 @@ def read_or_skip(report: ImportReport, skip_bad: bool, reason: str, read: Callab
 
 
 CaseStream = Iterator[PatientCase]
+
+
+def read_index_csv(path: str | Path, required: Sequence[str], what: str = "labels CSV") -> pd.DataFrame:
+    """A dataset's index table as text (no NaN: empty cells are ''), column names stripped.
+
+    Raises `InputError` naming the file when it is missing, cannot be parsed, or lacks
+    one of the `required` columns (the first missing one is named).
+    """
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "no such file")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as e:
+        raise InputError(path, f"cannot read CSV ({e.__class__.__name__})") from None
+    df.columns = [str(c).strip() for c in df.columns]
+    for column in required:
+        if column not in df.columns:
+            raise InputError(path, f"{what} has no '{column}' column")
+    return df

@@ -15,29 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from medfuse.errors import InputError
 from medfuse.io.base import ImportReport, expand_paths
 from medfuse.io.image import IMAGE_SUFFIXES
-
-
-def read_index_csv(path: str | Path, required: Sequence[str], what: str = "labels CSV") -> pd.DataFrame:
-    """A dataset's index table as text (no NaN: empty cells are ''), column names stripped.
-
-    Raises `InputError` naming the file when it is missing, cannot be parsed, or lacks
-    one of the `required` columns (the first missing one is named).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "no such file")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as e:
-        raise InputError(path, f"cannot read CSV ({e.__class__.__name__})") from None
-    df.columns = [str(c).strip() for c in df.columns]
-    for column in required:
-        if column not in df.columns:
-            raise InputError(path, f"{what} has no '{column}' column")
-    return df
 
 
 def unique_rows(df: pd.DataFrame, column: str, report: ImportReport) -> list[dict[str, str]]:

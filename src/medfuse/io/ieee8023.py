@@ -22,12 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from medfuse.errors import InputError
-from medfuse.io.base import ImportReport, read_or_skip, safe_case_id
+from medfuse.io.base import ImportReport, read_index_csv, read_or_skip, safe_case_id
 from medfuse.io.dataset_files import (
     count_unlisted,
     index_images,
     number,
-    read_index_csv,
     sex_code,
     unique_rows,
 )

@@ -29,7 +29,13 @@ from typing import Any
 import numpy as np
 
 from medfuse.errors import InputError
-from medfuse.io.base import ImportReport, expand_paths, read_or_skip, safe_case_id
+from medfuse.io.base import (
+    ImportReport,
+    expand_paths,
+    read_index_csv,
+    read_or_skip,
+    safe_case_id,
+)
 from medfuse.record.boxes import coco_to_xyxy, pixel_to_grid
 from medfuse.record.case import (
     CXRImage,
@@ -261,21 +267,9 @@ def load_labels_csv(path: str | Path, report: ImportReport) -> LabelsTable:
     present. Raises `InputError` for a missing/unreadable file or missing columns;
     duplicated image rows are skipped and counted.
     """
-    import pandas as pd
-
     from medfuse.io.dicom_header import parse_dicom_age
 
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "no such file")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as e:
-        raise InputError(path, f"cannot read CSV ({e.__class__.__name__})") from None
-    df.columns = [str(c).strip() for c in df.columns]
-    for needed in ("Image Index", "Finding Labels"):
-        if needed not in df.columns:
-            raise InputError(path, f"labels CSV has no '{needed}' column")
+    df = read_index_csv(path, ("Image Index", "Finding Labels"))
     rows: dict[str, CsvRow] = {}
     for rec in df.to_dict("records"):
         name = str(rec["Image Index"]).strip()

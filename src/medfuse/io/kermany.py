@@ -21,12 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medfuse.errors import InputError
-from medfuse.io.base import ImportReport, read_or_skip, safe_case_id
+from medfuse.io.base import ImportReport, read_index_csv, read_or_skip, safe_case_id
 from medfuse.io.dataset_files import (
     count_unlisted,
     first_column,
     index_images,
-    read_index_csv,
     unique_rows,
 )
 from medfuse.io.image import read_image
