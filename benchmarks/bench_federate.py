@@ -6,11 +6,15 @@ modalities (no CXR / no ECG / notes + labs only). Every arm trains the fusion mo
 ("encoders" stage, the CPU-feasible one) from the same initial weights for the same total
 epochs (rounds x local epochs), is calibrated on the cohort's validation split and scored
 on its held-out test split: centralised on the pooled site data, FedAvg, FedProx, FedAvg
-with central DP (clip + noise, epsilon at delta 1e-5) and SecAgg+, and each site alone.
+with central DP (clip + noise, epsilon at delta 1e-5) and SecAgg+, each site alone, and
+the ablation "fedavg_per_round_schedule" (each local run warms up and decays its own
+learning rate and restarts AdamW: the behaviour before `lr_schedule`/`keep_optimizer`).
+Every arm's gap to centralised carries a paired bootstrap 95 % interval over the held-out cases.
 Target: federated (FedAvg / FedProx) within 0.03 held-out macro-F1 of centralised.
 Writes benchmarks/results/federate.json.
 
-    python benchmarks/bench_federate.py [--n 800] [--rounds 8] [--local-epochs 1] [--cohort DIR]
+    OMP_NUM_THREADS=1 python benchmarks/bench_federate.py [--n 2000] [--rounds 8] [--local-epochs 1] [--cohort DIR]
+        [--variants fedavg,...] [--extra '{"fedavgm": {"strategy": "fedavg", "server_momentum": 0.9}}']
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import argparse
 import json
 import os
 import platform
+import shlex
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -39,7 +45,7 @@ MODEL = {"d_model": 64, "n_heads": 4, "cxr_size": 64, "ecg_channels": 16,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cohort", type=Path, help="cohort to use (default: a new synthetic one of --n cases)")
-    parser.add_argument("--n", type=int, default=800, help="synthetic cases (80/10/10 train/val/test by patient)")
+    parser.add_argument("--n", type=int, default=2000, help="synthetic cases (80/10/10 train/val/test by patient)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--sites", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=8)
@@ -47,7 +53,13 @@ def main() -> None:
     parser.add_argument("--mu", type=float, default=0.01)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--warmup-steps", type=int, default=0,
-                        help="per local run: a site with 4 steps per round would spend half of them warming up")
+                        help="warm-up steps of the schedule")
+    parser.add_argument("--lr-schedule", default="global", choices=("global", "local"))
+    parser.add_argument("--keep-optimizer", action="store_true", help="sites keep their AdamW state across rounds")
+    parser.add_argument("--variants", default="fedavg,fedprox,fedavg_dp_secagg,fedavg_per_round_schedule",
+                        help="comma-separated federated arms to run")
+    parser.add_argument("--extra", type=json.loads, default={},
+                        help='more federated arms as JSON {name: {FederateConfig key: value}}')
     parser.add_argument("--dp-clip", type=float, default=1.0)
     parser.add_argument("--dp-noise", type=float, default=1.0)
     parser.add_argument("--threads", type=int, default=1)
@@ -66,29 +78,36 @@ def main() -> None:
         cfg = FederateConfig.from_dict({
             "cohort": str(cohort), "out": str(Path(tmp) / "unused"), "sites": args.sites, "rounds": args.rounds,
             "local_epochs": args.local_epochs, "mu": args.mu, "model_config": MODEL, "batch_size": 32,
-            "lr": args.lr, "warmup_steps": args.warmup_steps,
+            "lr": args.lr, "warmup_steps": args.warmup_steps, "lr_schedule": args.lr_schedule,
+            "keep_optimizer": args.keep_optimizer,
             "seed": args.seed, "quiet": True, "threads": args.threads})
         variants = {"fedavg": {"strategy": "fedavg"}, "fedprox": {"strategy": "fedprox"},
                     "fedavg_dp_secagg": {"strategy": "fedavg", "dp_clip": args.dp_clip, "dp_noise": args.dp_noise,
-                                         "secagg": True}}
-        result = compare(cfg, variants)
+                                         "secagg": True},
+                    "fedavg_per_round_schedule": {"strategy": "fedavg", "lr_schedule": "local", "keep_optimizer": False}}
+        chosen = [v.strip() for v in args.variants.split(",") if v.strip()]
+        result = compare(cfg, {**{k: variants[k] for k in chosen}, **args.extra})
     arms = result["arms"]
     central = arms["centralised"]["held_out"]["macro_f1"]
-    gaps = {name: round(central - arms[name]["held_out"]["macro_f1"], 4) for name in ("fedavg", "fedprox")}
+    federated = [k for k in ("fedavg", "fedprox") if k in arms]
+    gaps = {name: round(central - arms[name]["held_out"]["macro_f1"], 4) for name in federated}
     best = min(gaps.values())
     summary = {
         "centralised_macro_f1": central,
         **{f"{k}_macro_f1": arms[k]["held_out"]["macro_f1"] for k in arms if k != "centralised"},
         "gap_to_centralised": gaps,
+        "gap_ci95": {k: arms[k]["gap_to_centralised"] for k in arms if k != "centralised"},
         "target": f"federated within {TARGET_GAP} macro-F1 of centralised",
         "target_met": {name: gap <= TARGET_GAP for name, gap in gaps.items()},
-        "fedavg_bytes_per_round": arms["fedavg"]["bytes_per_round"][0],
-        "dp_secagg_bytes_per_round": arms["fedavg_dp_secagg"]["bytes_per_round"][0],
-        "dp_epsilon": arms["fedavg_dp_secagg"]["privacy"]["epsilon"],
-        "dp_delta": arms["fedavg_dp_secagg"]["privacy"]["delta"],
+        "fedavg_bytes_per_round": arms[federated[0]]["bytes_per_round"][0],
     }
+    if "fedavg_dp_secagg" in arms:
+        summary |= {"dp_secagg_bytes_per_round": arms["fedavg_dp_secagg"]["bytes_per_round"][0],
+                    "dp_epsilon": arms["fedavg_dp_secagg"]["privacy"]["epsilon"],
+                    "dp_delta": arms["fedavg_dp_secagg"]["privacy"]["delta"]}
     out = {"what": __doc__.splitlines()[0], "cases": None if args.cohort else args.n, "seed": args.seed,
-           "model": MODEL, "summary": summary, **result, "seconds": round(time.perf_counter() - start, 1),
+           "command": "OMP_NUM_THREADS=1 python benchmarks/bench_federate.py " + shlex.join(sys.argv[1:]),
+           "lr_schedule": args.lr_schedule, "keep_optimizer": args.keep_optimizer, "model": MODEL, "summary": summary, **result, "seconds": round(time.perf_counter() - start, 1),
            "cpu_count": os.cpu_count(), "torch_threads": args.threads, "python": platform.python_version(),
            "torch": torch.__version__}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -171,6 +171,66 @@ def test_fedprox_proximal_term_keeps_the_local_model_near_the_global_one(cohort,
     assert moved[50.0] < 0.8 * moved[0.0]
 
 
+def test_site_schedule_continues_across_rounds_and_keeps_its_adam_state(cohort, tmp_path):
+    from medfuse.train.common import split_cases
+    from medfuse.train.loop import lr_factor
+
+    model = MedFuse.build(ModelConfig.from_dict(TINY), tiny_llm=True)
+    names = travelling_names(model, "encoders")
+    cases = split_cases(cohort, "train")[:16]  # 2 steps of 8 per round
+    lr, rounds = 0.01, 3
+
+    def site(**kw) -> SiteTrainer:
+        return SiteTrainer("s", cases, model, names, "encoders", batch_size=8, lr=lr, warmup_steps=0,
+                           finding_weight=1.0, workdir=tmp_path, cohort=str(cohort), **kw)
+
+    trainer = site(keep_optimizer=True)
+    schedule = [f for r in range(1, rounds + 1) for f in trainer.lr_factors(1, r, rounds)]
+    assert schedule == [lr_factor(s, 0, 2 * rounds) for s in range(2 * rounds)]  # one schedule, not one per round
+    for r in range(1, rounds + 1):
+        trainer.train(1, seed=r, server_round=r, rounds=rounds)
+        # the loop ran the round's slice of the federation-wide schedule
+        assert trainer._optimizer.param_groups[0]["lr"] == pytest.approx(lr * trainer.lr_factors(1, r, rounds)[-1])
+    steps = {int(state["step"]) for state in trainer._optimizer.state.values()}
+    assert steps == {2 * rounds}, "AdamW state restarted between rounds"
+    per_round = site(lr_schedule="local", keep_optimizer=False)
+    assert per_round.lr_factors(1, 1, rounds) == per_round.lr_factors(1, rounds, rounds)
+    per_round.train(1, seed=0, server_round=2, rounds=rounds)
+    assert per_round._optimizer is None
+
+
+def test_server_momentum_steps_along_the_averaged_update():
+    from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
+
+    from medfuse.federate.run import _server_momentum
+
+    class SameAverage:  # stands in for FedAvg: every round's average is 1
+        def aggregate_fit(self, server_round, results, failures):
+            return ndarrays_to_parameters([np.ones(3, dtype=np.float32)]), {}
+
+    strategy = SameAverage()
+    _server_momentum(strategy, [np.zeros(3, dtype=np.float32)], lr=2.0, momentum=0.5)
+    # round 1: g = 0 - 1, v = g, w = 0 - 2 v = 2; round 2: g = 2 - 1, v = 0.5 * -1 + 1, w = 2 - 2 * 0.5 = 1
+    for expected in (2.0, 1.0):
+        (weights,) = parameters_to_ndarrays(strategy.aggregate_fit(1, [], [])[0])
+        np.testing.assert_allclose(weights, expected)
+        assert weights.dtype == np.float32
+
+
+def test_gap_ci_is_paired_and_brackets_the_gap():
+    from medfuse.federate.compare import gap_ci
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, size=(200, 4))
+    noisy = np.where(rng.random(labels.shape) < 0.3, 1 - labels, labels)
+    same = gap_ci(labels, noisy, noisy.copy(), n_resamples=200)
+    assert same["macro_f1"] == 0 and same["ci95"] == [0, 0]
+    better = gap_ci(labels, noisy, labels, n_resamples=200)  # the arm is right on every case: clearly above "central"
+    assert 0 < better["ci95"][0] <= better["macro_f1"] <= better["ci95"][1]
+    worse = gap_ci(labels, labels, noisy, n_resamples=200)
+    assert worse["ci95"][1] < 0
+
+
 # ---------------------------------------------------------------------- privacy
 
 

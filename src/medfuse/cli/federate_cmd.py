@@ -30,6 +30,9 @@ def federate_cmd(
     site_modalities: list[str] | None = typer.Option(None, "--site-modalities",
                                                      help="One per site, e.g. 'labs,notes' (repeat the flag)."),
     label_alpha: float | None = typer.Option(None, "--label-alpha", help="Dirichlet label-shift concentration (0.5)."),
+    server_lr: float | None = typer.Option(None, "--server-lr", help="Server learning rate on the average (1)."),
+    server_momentum: float | None = typer.Option(None, "--server-momentum",
+                                                 help="Server momentum (FedAvgM; default 0: none)."),
     dp_noise: float | None = typer.Option(None, "--dp-noise", help="DP noise multiplier z (needs --dp-clip)."),
     dp_clip: float | None = typer.Option(None, "--dp-clip", help="Clip each site's update to this L2 norm."),
     delta: float | None = typer.Option(None, "--delta", help="DP delta for the reported epsilon (1e-5)."),
@@ -38,6 +41,11 @@ def federate_cmd(
     config: Path | None = typer.Option(None, "--config", help="YAML file of federate keys (model_config, ...)."),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Cases per local step (16)."),
     lr: float | None = typer.Option(None, "--lr", help="Local learning rate (2e-3)."),
+    lr_schedule: str | None = typer.Option(None, "--lr-schedule",
+                                           help="global (default: one schedule over all rounds) or local "
+                                                "(warm-up + cosine inside every round)."),
+    keep_optimizer: bool | None = typer.Option(None, "--keep-optimizer/--reset-optimizer",
+                                               help="Each site keeps its AdamW state across rounds (default: reset)."),
     seed: int | None = typer.Option(None, "--seed", min=0, help="Seed of sites, weights, data order, noise."),
     split_seed: int | None = typer.Option(None, "--split-seed", min=0, help="Seed of the train/val/test split."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Use only the first N training cases."),
@@ -52,8 +60,10 @@ def federate_cmd(
 
     flags = {"cohort": cohort, "out": out, "sites": sites, "rounds": rounds, "local_epochs": local_epochs,
              "strategy": strategy, "mu": mu, "stage": stage, "site_modalities": site_modalities or None,
-             "label_alpha": label_alpha, "dp_noise": dp_noise, "dp_clip": dp_clip, "delta": delta, "secagg": secagg,
-             "model": model, "batch_size": batch_size, "lr": lr, "seed": seed, "split_seed": split_seed,
+             "label_alpha": label_alpha, "server_lr": server_lr, "server_momentum": server_momentum,
+             "dp_noise": dp_noise, "dp_clip": dp_clip, "delta": delta, "secagg": secagg,
+             "model": model, "batch_size": batch_size, "lr": lr,
+             "lr_schedule": lr_schedule, "keep_optimizer": keep_optimizer, "seed": seed, "split_seed": split_seed,
              "limit": limit, "threads": threads, "overwrite": overwrite, "quiet": quiet or (True if as_json else None)}
     cfg = FederateConfig.from_yaml(config, {k: str(v) if isinstance(v, Path) else v for k, v in flags.items()})
     # --overwrite replaces the output folder: it must not be, hold or lie inside an input.

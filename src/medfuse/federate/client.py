@@ -37,7 +37,8 @@ class SiteClient(NumPyClient):
         server_round = int(config.get("server_round", 0))
         result = self.trainer.train(int(config.get("local_epochs", 1)),
                                     seed=self.seed + 1000 * server_round + self.site_index,
-                                    mu=float(config.get("proximal_mu", 0.0)))
+                                    mu=float(config.get("proximal_mu", 0.0)), server_round=max(1, server_round),
+                                    rounds=max(1, int(config.get("rounds", 1))))
         arrays = self.trainer.get_arrays()
         self.sent.append(arrays)
         self.trained.append(result["trained"])

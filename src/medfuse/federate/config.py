@@ -19,6 +19,7 @@ STRATEGIES = ("fedavg", "fedprox")
 # encoders (`FusionModel.trainable_parts("sft")`), for federated fine-tuning of a
 # pretrained checkpoint whose encoders stay frozen and never leave the server.
 STAGES = ("encoders", "fusion")
+LR_SCHEDULES = ("global", "local")
 
 
 @dataclass
@@ -39,6 +40,9 @@ class FederateConfig(YamlConfig):
              "Default: site 1 has no CXR, site 2 no ECG, site 3 notes + labs only, any further site everything.")
     label_alpha: float = option(0.5,
         "Dirichlet concentration of each site's disease mix (label shift); small = strong shift, large = even.")
+    server_lr: float = option(1.0,
+        "Server learning rate on the averaged update (FedAvgM); 1 with no momentum is plain FedAvg/FedProx.")
+    server_momentum: float = option(0.0, "Server momentum on the averaged update (FedAvgM; 0: none).")
     dp_noise: float = option(0.0,
         "Central DP noise multiplier z (Gaussian std z * dp_clip / sites on the mean update); 0: no noise.")
     dp_clip: float = option(0.0, "L2 norm each site's update is clipped to before aggregation (0: no clipping).")
@@ -51,8 +55,14 @@ class FederateConfig(YamlConfig):
     tiny_llm: bool = option(True,
         "A new model carries the tiny offline LLM (the federated stages never touch the LLM).")
     batch_size: int = option(16, "Cases per local optimiser step.")
-    lr: float = option(2e-3, "Peak local learning rate (AdamW; warm-up then cosine within each round).")
-    warmup_steps: int = option(2, "Local warm-up steps per round.")
+    lr: float = option(2e-3, "Peak local learning rate (AdamW; schedule: lr_schedule).")
+    warmup_steps: int = option(2, "Warm-up steps of the learning-rate schedule (per round with lr_schedule local).")
+    lr_schedule: str = option("global",
+        "global: one warm-up + cosine schedule over all rounds (each site's steps continue it round after round); "
+        "local: warm-up + cosine again inside every round's local run.")
+    keep_optimizer: bool = option(False,
+        "Each site keeps its AdamW state from round to round (it never travels); off: a fresh AdamW each round "
+        "(measured better: moments fitted to the site's own weights go stale once the server averages them).")
     finding_weight: float = option(1.0, "Weight of the finding-box loss in the local objective (0: off).")
     seed: int = option(0, "Seed of the site partition, initial weights, data order and DP noise.")
     split_seed: int = option(0, "Seed of the patient-level train/val/test split (80/10/10).")
@@ -73,10 +83,14 @@ class FederateConfig(YamlConfig):
         self.require_ints("seed", "split_seed", "warmup_steps", minimum=0)
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"strategy: must be fedavg or fedprox, got {self.strategy!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule: must be global or local, got {self.lr_schedule!r}")
         if self.stage not in STAGES:
             raise ConfigError(f"stage: must be encoders or fusion, got {self.stage!r}")
         if self.stage == "fusion" and not self.model:
             raise ConfigError("stage: fusion fine-tunes a pretrained model; give its checkpoint as `model`")
+        if self.server_lr <= 0 or not 0 <= self.server_momentum < 1:
+            raise ConfigError("server_lr must be > 0 and server_momentum in [0, 1)")
         for name in ("mu", "dp_noise", "dp_clip", "finding_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}: must be >= 0")

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medfuse.federate.config import LR_SCHEDULES
 from medfuse.record.case import PatientCase
 from medfuse.train.common import seed_everything, shard
 from medfuse.train.config import EncodersConfig
@@ -30,7 +31,14 @@ from medfuse.train.encoders import (
     diagnosis_metrics,
     predict,
 )
-from medfuse.train.loop import Stage, StepReport, loss_report, run_loop, train_only
+from medfuse.train.loop import (
+    Stage,
+    StepReport,
+    loss_report,
+    lr_factor,
+    run_loop,
+    train_only,
+)
 
 
 def stage_parts(model, stage: str) -> list[nn.Module | nn.Parameter]:
@@ -74,11 +82,25 @@ def set_arrays(module: nn.Module, names: list[str], arrays: list[np.ndarray], pr
 
 
 class SiteTrainer:
-    """A site's fusion model copy and featurized cases; `train` runs local epochs from given weights."""
+    """A site's fusion model copy and featurized cases; `train` runs local epochs from given weights.
+
+    `lr_schedule` "global": the site's local steps walk one warm-up + cosine schedule laid
+    over the whole federation (round r's steps continue where round r-1's stopped), so
+    its learning rate falls as a centralised run's would, instead of warming up and
+    decaying again inside every short local run ("local"). `keep_optimizer`: the site's
+    AdamW moments carry over from round to round (they are its own statistics and never
+    travel) instead of restarting from zero each round.
+    """
 
     def __init__(self, name: str, cases: list[PatientCase], model, names: list[str], stage: str, *,
                  batch_size: int, lr: float, warmup_steps: int, finding_weight: float, workdir: Path,
-                 cohort: str, data: EncoderData | None = None):
+                 cohort: str, data: EncoderData | None = None, lr_schedule: str = "global",
+                 keep_optimizer: bool = False):
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown lr_schedule {lr_schedule!r} ({', '.join(LR_SCHEDULES)})")
+        self.lr_schedule = lr_schedule
+        self.keep_optimizer = keep_optimizer
+        self._optimizer: torch.optim.Optimizer | None = None
         self.name = name
         self.names = names
         self.stage = stage
@@ -103,8 +125,19 @@ class SiteTrainer:
     def set_arrays(self, arrays: list[np.ndarray]) -> None:
         set_arrays(self.fusion, self.names, arrays)
 
-    def train(self, epochs: int, seed: int, mu: float = 0.0) -> dict[str, Any]:
+    def lr_factors(self, epochs: int, server_round: int, rounds: int) -> list[float]:
+        """The LR factor of each local step of round `server_round` (1-based) of `rounds`,
+        `epochs` local epochs each (with "local": the same schedule every round)."""
+        per_round = -(-self.n_cases // self.settings["batch_size"]) * epochs
+        offset, total = ((server_round - 1) * per_round, rounds * per_round) if self.lr_schedule == "global" \
+            else (0, per_round)
+        return [lr_factor(offset + s, self.settings["warmup_steps"], total) for s in range(per_round)]
+
+    def train(self, epochs: int, seed: int, mu: float = 0.0, server_round: int = 1, rounds: int = 1) -> dict[str, Any]:
         """`epochs` local epochs through `run_loop`, from the weights set on entry (the global model).
+
+        The learning rate follows `lr_factors` (one round of one: the loop's own schedule);
+        with `keep_optimizer` the site's AdamW state continues from its previous round.
 
         FedProx (`mu` > 0): the gradient of mu/2 * ||w - w_global||^2 is added to every
         travelling weight the site's data trains. A weight no local case reaches (the
@@ -145,7 +178,14 @@ class SiteTrainer:
             losses.append(float(terms["loss"].detach()))
             return loss_report(terms, samples=len(idx))
 
-        run = run_loop(cfg, out, Stage(f"federated {self.name}", self.objective, self.n_cases, step))
+        factors = self.lr_factors(epochs, server_round, rounds)
+        optimizer = self._optimizer
+        if optimizer is None and self.keep_optimizer:
+            # the same parameters and settings run_loop's own AdamW would get
+            optimizer = self._optimizer = torch.optim.AdamW(
+                [p for p in self.objective.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
+        run = run_loop(cfg, out, Stage(f"federated {self.name}", self.objective, self.n_cases, step,
+                                       optimizer=optimizer, lr_schedule=lambda s: factors[min(s, len(factors) - 1)]))
         run.log.close()
         return {"loss": float(np.mean(losses)) if losses else float("nan"), "steps": run.steps, "trained": trained}
 
@@ -161,3 +201,11 @@ def evaluate_fusion(model, fusion: nn.Module, val_cases: list[PatientCase], test
     test = test or EncoderData.build(test_cases, model, with_texts=False)
     held_out = diagnosis_metrics(model.head, predict(fusion, test), model.panel.keys)
     return {"validation": validation["diagnosis"], "held_out": held_out}
+
+
+def held_out_decisions(model, test: EncoderData) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, decisions), both (n, D) 0/1, of a calibrated `model` on featurized cases:
+    the per-case rows a paired bootstrap of two arms' macro-F1 resamples."""
+    pred = predict(model.fusion, test)
+    probs = model.head.predict_proba(pred["logits"])
+    return pred["labels"].astype(int), (probs >= np.asarray(model.head.thresholds)[None, :]).astype(int)

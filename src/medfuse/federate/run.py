@@ -11,7 +11,10 @@
    whose fit step is `SecAggPlusWorkflow` with `secagg`; the sites are `ClientApp`s
    reached through `LocalGrid` (protobuf on the wire, bytes counted). Only the travelling
    weights (`travelling_names`) are ever sent. Without DP and SecAgg+ each tensor is
-   averaged over the sites that trained it (`_average_over_trainers`: modality shift).
+   averaged over the sites that trained it (`_average_over_trainers`: modality shift);
+   `server_lr` / `server_momentum` put a FedAvgM server optimiser on that average.
+   Each site's learning rate follows one warm-up + cosine schedule across all rounds
+   (`lr_schedule: global`, see `SiteTrainer`).
 4. After each round the global model is calibrated and scored on the validation split;
    at the end the checkpoint is written atomically with `federate.json` (per-round loss and
    metrics, bytes down/up per round, epsilon at delta, sites, what travelled) inside it.
@@ -147,7 +150,7 @@ def site_trainers(cfg: FederateConfig, model, names: list[str], cases_per_site: 
     data = data or [None] * len(cases_per_site)
     return [SiteTrainer(name, cases, model, names, cfg.stage, batch_size=cfg.batch_size, lr=cfg.lr,
                         warmup_steps=cfg.warmup_steps, finding_weight=cfg.finding_weight, workdir=workdir,
-                        cohort=cfg.cohort, data=d)
+                        cohort=cfg.cohort, data=d, lr_schedule=cfg.lr_schedule, keep_optimizer=cfg.keep_optimizer)
             for (name, cases), d in zip(cases_per_site, data, strict=True)]
 
 
@@ -160,7 +163,7 @@ def _strategy(cfg: FederateConfig, initial: list[np.ndarray], evaluate_fn):
     )
 
     def fit_config(server_round: int) -> dict[str, Any]:
-        return {"server_round": server_round, "local_epochs": cfg.local_epochs}
+        return {"server_round": server_round, "rounds": cfg.rounds, "local_epochs": cfg.local_epochs}
 
     def mean_loss(metrics: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
         n = sum(w for w, _ in metrics) or 1
@@ -176,6 +179,8 @@ def _strategy(cfg: FederateConfig, initial: list[np.ndarray], evaluate_fn):
     if cfg.dp_clip > 0:
         strategy = DifferentialPrivacyClientSideFixedClipping(
             strategy, noise_multiplier=cfg.dp_noise, clipping_norm=cfg.dp_clip, num_sampled_clients=cfg.sites)
+    if cfg.server_lr != 1.0 or cfg.server_momentum > 0:
+        _server_momentum(strategy, initial, cfg.server_lr, cfg.server_momentum)
     _float32_aggregate(strategy)
     return strategy
 
@@ -209,6 +214,31 @@ def _average_over_trainers(strategy) -> None:
             else:
                 merged.append(np.tensordot(weights / weights.sum(), np.stack([u[t] for u in updates]), axes=1))
         return ndarrays_to_parameters([m.astype(np.float32) for m in merged]), metrics
+
+    strategy.aggregate_fit = aggregate_fit
+
+
+def _server_momentum(strategy, initial: list[np.ndarray], lr: float, momentum: float) -> None:
+    """Server optimiser on the aggregate (FedAvgM, Hsu et al. 2019, as Flower's `FedAvgM`):
+    the pseudo-gradient g = w_global - aggregate feeds v <- momentum * v + g and
+    w_global <- w_global - lr * v. Applied after the per-tensor averaging (and DP noise),
+    so a tensor no site trained keeps g = 0; Flower's own FedAvgM would average it over all sites.
+    """
+    from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
+
+    aggregate = strategy.aggregate_fit
+    state = {"global": [a.astype(np.float64) for a in initial], "velocity": None}
+
+    def aggregate_fit(server_round, results, failures):
+        params, metrics = aggregate(server_round, results, failures)
+        if params is None:
+            return params, metrics
+        grads = [w - a for w, a in zip(state["global"], parameters_to_ndarrays(params), strict=True)]
+        velocity = grads if state["velocity"] is None else \
+            [momentum * v + g for v, g in zip(state["velocity"], grads, strict=True)]
+        state["velocity"] = velocity if momentum > 0 else None
+        state["global"] = [w - lr * v for w, v in zip(state["global"], velocity, strict=True)]
+        return ndarrays_to_parameters([w.astype(np.float32) for w in state["global"]]), metrics
 
     strategy.aggregate_fit = aggregate_fit
 

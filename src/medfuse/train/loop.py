@@ -70,6 +70,11 @@ class Stage:
     # The resumable state holds the whole module (buffers too), or only its trainable tensors
     # (the LM stages: not the frozen 135M backbone).
     trainable_state_only: bool = False
+    # A run that continues a longer schedule (a federated site's round) brings its own
+    # optimiser (its state kept across runs) and LR factor per step of this run;
+    # None: a fresh AdamW and the warm-up + cosine schedule over this run (`lr_factor`).
+    optimizer: torch.optim.Optimizer | None = None
+    lr_schedule: Callable[[int], float] | None = None
 
 
 @dataclass
@@ -132,10 +137,11 @@ def run_loop(cfg: StageConfig, out: Path, stage: Stage) -> StageRun:
     from tqdm import tqdm
 
     params = [p for p in stage.module.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = stage.optimizer or torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = -(-stage.n_items // cfg.batch_size)
     total = min(cfg.max_steps or 10**12, steps_per_epoch * cfg.epochs)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.warmup_steps, total))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, stage.lr_schedule or (lambda s: lr_factor(s, cfg.warmup_steps, total)))
     accelerator = make_accelerator()
     module, optimizer = accelerator.prepare(stage.module, optimizer)
 
