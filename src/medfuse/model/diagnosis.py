@@ -188,8 +188,12 @@ def _non_ascii_token_ids(tokenizer: Any) -> tuple[int, ...]:
 
 
 def reasoning_constraints(model: MedFuse, decisions: Sequence[HeadDecision], numbered: Sequence[list[Evidence]],
-                          lang: str = "en", max_new_tokens: int = 128) -> list:
+                          lang: str = "en", max_new_tokens: int = 128, top_k: int = 1) -> list:
     """One `ReasoningConstraint` per case, following that case's `reasoning_plan`.
+
+    `top_k`: valid candidates kept per step. Greedy decoding needs only the best valid
+    one (1, the default: checking 40 candidates per row and step made constrained
+    generation several times slower than the forward pass); sampling needs more.
 
     The constraints are decoder-agnostic: `diagnose_many` hands them to transformers'
     `generate` (`HFReasoningProcessor`); a llama.cpp decoder passes each one as its
@@ -210,7 +214,8 @@ def reasoning_constraints(model: MedFuse, decisions: Sequence[HeadDecision], num
     for decision, items in zip(decisions, numbered, strict=True):
         plan = reasoning_plan(decision, items, model.panel, lang, max_new_tokens=max_new_tokens,
                               token_count=lambda s: len(encode(s)))
-        out.append(ReasoningConstraint(plan, evidence_facts(items), vocab, encode, tok.eos_token_id, banned_ids=banned))
+        out.append(ReasoningConstraint(plan, evidence_facts(items), vocab, encode, tok.eos_token_id, banned_ids=banned,
+                                       top_k=top_k))
     return out
 
 
@@ -254,7 +259,9 @@ def diagnose_many(model: MedFuse, cases: Sequence[PatientCase], lang: Literal["e
 
         from medfuse.model.constrained import HFReasoningProcessor
 
-        constraints = reasoning_constraints(model, decisions, numbered, lang, max_new_tokens)
+        sampling = bool((generate_kwargs or {}).get("do_sample"))
+        constraints = reasoning_constraints(model, decisions, numbered, lang, max_new_tokens,
+                                            top_k=40 if sampling else 1)
         # The plan may need more than `max_new_tokens` when many diseases are reported
         # (each rationale keeps a minimum budget); generation must never cut it off.
         budget = max(max_new_tokens, *(c.tokens_needed() for c in constraints))
