@@ -1,7 +1,8 @@
 """The layer order of the package, declared in pyproject.toml and checked by import-linter.
 
-A package imports only from the packages below it (cli > demo > html_summary > train > eval >
-tasks > model > interpret | synth | io > formats > knowledge > record > config > errors), and no
+A package imports only from the packages below it (cli > serve > demo > html_summary > federate >
+train > eval | explain > tasks > model > interpret | synth | io > formats > knowledge > record >
+config > errors), and no
 two sibling modules or packages import each other, directly or round a loop.
 """
 
