@@ -33,7 +33,9 @@ def test_the_shipped_checkpoint_is_complete_and_small(card):
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     assert size < 40 * 2**20, f"{size / 2**20:.1f} MiB"
     assert card["trained"] and card["findings_trained"]
-    assert [s["stage"] for s in card["stages"]] == ["encoders", "align", "sft", "grpo"]
+    # the four stages in order; a later SFT/GRPO run (a new reasoning format) may follow them
+    stages = [s["stage"] for s in card["stages"]]
+    assert stages[:4] == ["encoders", "align", "sft", "grpo"] and set(stages[4:]) <= {"sft", "grpo"}
     assert all(s["command"].startswith("medfuse train ") for s in card["stages"])
     ev = card["evaluation"]
     assert ev["n_cases"] >= 1000 and ev["synthetic"]["n"] == ev["n_cases"]
