@@ -67,7 +67,8 @@ def test_any_scores_give_a_reasoning_that_keeps_every_rule(seed):
     assert hf.startswith("Heart failure:") and sepsis.startswith("Sepsis:")
     for line, allowed in ((hf, {1, 3}), (sepsis, {2})):
         for body in re.findall(r"\[([^\]]*)\]", line):
-            assert {int(k) for k in re.findall(r"E(\d+)", body)} <= allowed, line
+            cited = [int(k) for k in re.findall(r"E(\d+)", body)]
+            assert set(cited) <= allowed and len(set(cited)) == len(cited), line  # no id twice
         assert line.count("[") == line.count("]") and line.count("(") == line.count(")"), line
         assert line.rstrip().endswith("."), line  # a finished sentence, never cut off
         assert "pneumonia" not in line and "<answer>" not in line

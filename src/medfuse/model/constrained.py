@@ -320,6 +320,13 @@ class ReasoningConstraint:
             ids = re.findall(r"E(\d+)", body)
             if len(set(ids)) < len(ids) or (body.rstrip().endswith(",") and len(set(ids)) >= len(seg.cite_ids)):
                 return False  # an id twice, or a separator with no unused id left to cite
+            tail = re.search(r"E(\d*)$", body)
+            if tail is not None:
+                # The id being written must be able to end as one not cited yet (", E" is one
+                # token in some vocabularies, so the separator rule alone does not catch it).
+                done = {int(x) for x in re.findall(r"E(\d+)\s*,", body)}
+                if not any(str(i).startswith(tail.group(1)) for i in seg.cite_ids if i not in done):
+                    return False
             if ids:
                 *whole, last = ids
                 if any(int(i) not in seg.cite_ids for i in whole):
@@ -416,11 +423,14 @@ class ReasoningConstraint:
         if m is not None:
             body = m.group(1)
             last = re.search(r"E(\d*)$", body)
+            # Ids already complete in this citation are not offered again ("[E2, E2]").
+            done = {int(x) for x in re.findall(r"E(\d+)\s*,", body)}
+            unused = [i for i in ids if i not in done] or ids
             if body.rstrip().endswith(",") or not body:
-                out += ("" if body.endswith(" ") or not body else " ") + f"E{ids[0] if ids else 1}]"
+                out += ("" if body.endswith(" ") or not body else " ") + f"E{unused[0] if unused else 1}]"
             elif last is not None:
                 digits = last.group(1)
-                match = next((str(i) for i in ids if str(i).startswith(digits)), None)
+                match = next((str(i) for i in unused if str(i).startswith(digits)), None)
                 out += (match[len(digits):] if match else "") + "]"
             else:
                 out += "]"
