@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from medfuse.interpret.ecg import interpret_ecg
+from medfuse.io.cinc import read_challenge_ecg
 from medfuse.interpret.rhythm import (
     FEATURES,
     RHYTHM_CLASSES,
@@ -46,23 +47,6 @@ CINC = "cinc2017_af_validation"
 CPSC = "cpsc2018_12lead_cinc2020_sample"
 AF_THRESHOLD = 0.5
 REGULARISATION_C = 0.1
-
-
-def read_record(folder: Path, record: str) -> ECG:
-    """One WFDB record (header + MATLAB v4 'val', gain from the header).
-
-    The headers of these sets put the date before the time, which wfdb-python rejects,
-    so the header's signal lines are read here and the samples with scipy.
-    """
-    import scipy.io
-
-    lines = [ln.split() for ln in (folder / f"{record}.hea").read_text().splitlines() if ln and not ln.startswith("#")]
-    n_sig, fs = int(lines[0][1]), float(lines[0][2])
-    sig_lines = lines[1: 1 + n_sig]
-    gains = np.array([float(ln[2].split("/")[0].split("(")[0]) for ln in sig_lines])
-    names = [ln[8] if len(ln) > 8 else f"ch{i}" for i, ln in enumerate(sig_lines)]
-    val = scipy.io.loadmat(str(folder / f"{record}.mat"))["val"].astype(np.float64)   # (leads, samples)
-    return ECG(signal=(val / gains[:, None]).T, fs=fs, leads=names)
 
 
 def rhythm_class(rhythm: str) -> str:
@@ -99,7 +83,7 @@ def read_set(root: Path, name: str) -> list[tuple[str, str, ECG]]:
     with (folder / "labels.csv").open(newline="") as f:
         for row in csv.DictReader(f):
             truth = row["label"] if name == CINC else ("A" if row["y_AF"] == "1" else "nonAF")
-            out.append((row["record"], truth, read_record(folder / "records", row["record"])))
+            out.append((row["record"], truth, read_challenge_ecg(folder / "records" / row["record"])))
     return out
 
 

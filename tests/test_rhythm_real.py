@@ -19,22 +19,14 @@ from medfuse.interpret.rhythm import (
     load_rhythm_model,
     rr_irregularity,
 )
+from medfuse.io.cinc import read_challenge_ecg
 from medfuse.record.case import ECG
 
 REAL = Path(__file__).parent / "fixtures" / "real" / "ecg_rhythm"
 
 
 def _read(record: str) -> ECG:
-    """A Challenge record: header signal lines (gain, lead name) + MATLAB v4 'val' samples.
-    (Their header dates are in a form wfdb-python rejects, so the header is read here.)"""
-    import scipy.io
-
-    lines = [ln.split() for ln in (REAL / f"{record}.hea").read_text().splitlines() if ln and not ln.startswith("#")]
-    n_sig, fs = int(lines[0][1]), float(lines[0][2])
-    gains = np.array([float(ln[2].split("/")[0]) for ln in lines[1: 1 + n_sig]])
-    names = [ln[8] for ln in lines[1: 1 + n_sig]]
-    val = scipy.io.loadmat(str(REAL / f"{record}.mat"))["val"].astype(np.float64)   # (leads, samples)
-    return ECG(signal=(val / gains[:, None]).T, fs=fs, leads=names)
+    return read_challenge_ecg(REAL / record)
 
 
 def _labels() -> dict[str, str]:

@@ -35,7 +35,7 @@ from medfuse.io.base import ImportReport, safe_case_id
 from medfuse.io.wfdb import find_wfdb_records, read_wfdb
 from medfuse.knowledge.label_maps import LabelMap, load_label_map, map_labels
 from medfuse.knowledge.panel import Panel, load_panel
-from medfuse.record.case import PatientCase
+from medfuse.record.case import ECG, PatientCase
 
 # Names under which a labels CSV sits beside the records (the CLI looks for them).
 LABEL_FILES = ("labels.csv", "REFERENCE.csv")
@@ -96,6 +96,16 @@ def load_cinc_labels(path: str | Path, report: ImportReport) -> CincLabels:
         rows[name] = CincLabelRow(label=(str(rec["label"]).strip() or None) if has_label else None,
                                   split=(str(rec["split"]).strip() or None) if has_split else None)
     return CincLabels(source=path.name, rows=rows)
+
+
+def read_challenge_ecg(record: str | Path) -> ECG:
+    """The ECG of one Challenge record (`A00004`, `A00004.hea` or `.mat`), in mV, without
+    its labels: what the rhythm benchmark and tests read. Header dates that `wfdb`
+    rejects are handled as in the importer."""
+    record = Path(record)
+    if record.suffix.lower() in (".hea", ".mat"):
+        record = record.with_suffix("")
+    return _read_record(record)[0]
 
 
 def _read_record(record: Path) -> tuple:
