@@ -309,7 +309,8 @@ def diagnose_many(model: MedFuse, cases: Sequence[PatientCase], lang: Literal["e
         out.append(Diagnosed(result=result, check=check, raw_text=raw, dropped_findings=dropped_boxes,
                              dropped_evidence=n_bad, evidence=kept_evidence,
                              consistency=consistency if constrained else None,
-                             generated_tokens=constraints[i].generated if constrained else 0))
+                             generated_tokens=constraints[i].generated if constrained else 0,
+                             prompt=prompts[i]))
     return out
 
 

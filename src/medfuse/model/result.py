@@ -87,3 +87,4 @@ class Diagnosed:
     evidence: list[Evidence] = field(default_factory=list)  # the checked items behind `result.evidence` (units, flags)
     consistency: ConsistencyCheck | None = None  # reasoning vs the head's decision (None: no decision given)
     generated_tokens: int = 0  # tokens the decoder wrote for this case (scaffold included)
+    prompt: tuple[str, str] | None = None  # the (system, user) prompt the language model continued

@@ -45,25 +45,6 @@ class CaseAnalysis:
     explanation_note: str | None  # why there is no explanation, when there is none
 
 
-class _PromptRecorder:
-    """The model as `diagnose_many` sees it, keeping the prompts it generates from.
-
-    The preference pairs exported later need the exact prompt of each answer; recording it
-    where it is used keeps it from drifting from what `diagnose_many` builds.
-    """
-
-    def __init__(self, model: MedFuse):
-        self._model = model
-        self.prompts: list[tuple[str, str]] = []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._model, name)
-
-    def generate(self, prompts: list[tuple[str, str]], fused: Any, **kwargs: Any) -> list[str]:
-        self.prompts.extend(prompts)
-        return self._model.generate(prompts, fused, **kwargs)
-
-
 def reviewable_sentences(check_text: str) -> list[str]:
     """The reasoning sentences a clinician can accept, reject or edit."""
     return split_sentences(check_text)
@@ -119,14 +100,12 @@ class ModelEngine:
 
         model = self.model
         with self._lock:
-            recorder = _PromptRecorder(model)
             interpreted = interpret_case(case)
-            (d,) = diagnose_many(recorder, [case], lang=lang, max_new_tokens=self.max_new_tokens,
-                                 evidence=[interpreted])
+            (d,) = diagnose_many(model, [case], lang=lang, max_new_tokens=self.max_new_tokens, evidence=[interpreted])
             # The reasoning cites evidence as [Ek], numbered over the prompt's list.
             cite_ids = {id(ev): k for k, ev in enumerate(numbered_evidence(interpreted), 1)}
             evidence = [{**ev.model_dump(mode="json"), "cite": cite_ids.get(id(ev))} for ev in d.evidence]
-            system, user = recorder.prompts[0]
+            system, user = d.prompt  # the exact prompt, for the preference pairs exported later
             prompt_text = chat_prompt(model.lm.tokenizer, user, system)
             explanation, fragment, note = (None, None, "explanations were not requested")
             if self.explain if explain is None else explain:
@@ -138,10 +117,8 @@ class ModelEngine:
     @staticmethod
     def _explain(model: MedFuse, case: PatientCase) -> tuple[dict | None, str | None, str | None]:
         """(explanation JSON, its HTML fragment, why one is missing) from `medfuse.explain`."""
-        try:
-            from medfuse.explain import explain_case
-        except ImportError:
-            return None, None, "explanations are not available in this installation (medfuse.explain)"
+        from medfuse.explain import explain_case, explanation_html_fragment
+
         try:
             explanation = explain_case(model, case)
         except MedfuseError as e:
@@ -149,10 +126,6 @@ class ModelEngine:
         except Exception as e:  # noqa: BLE001 - the diagnosis stands without its explanation
             log.warning("explanation failed (%s)", e.__class__.__name__)
             return None, None, f"no explanation: the explainer failed ({e.__class__.__name__})"
-        try:
-            from medfuse.explain import explanation_html_fragment
-        except ImportError:
-            return explanation.model_dump(mode="json"), None, "the explanation has no HTML rendering in this installation"
         try:
             return explanation.model_dump(mode="json"), explanation_html_fragment(explanation, case), None
         except Exception as e:  # noqa: BLE001 - the JSON explanation stands without its rendering
