@@ -33,3 +33,14 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def small_synth_cohort(tmp_path_factory) -> Path:
+    """48 synthetic cases (seed 5, 224-px images): the training and federated-training
+    tests read it and never write into it."""
+    from medfuse.synth.cohort import SynthConfig, synth_cohort
+
+    out = tmp_path_factory.mktemp("small-synth") / "cohort"
+    synth_cohort(n=48, seed=5, out=out, config=SynthConfig(image_size=224), workers=1, progress=False)
+    return out

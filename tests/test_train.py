@@ -26,12 +26,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory):
-    from medfuse.synth.cohort import SynthConfig, synth_cohort
-
-    out = tmp_path_factory.mktemp("train") / "cohort"
-    synth_cohort(n=48, seed=5, out=out, config=SynthConfig(image_size=224), workers=1, progress=False)
-    return out
+def cohort(small_synth_cohort):
+    return small_synth_cohort
 
 
 def _metrics(folder):
