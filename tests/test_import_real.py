@@ -268,6 +268,25 @@ def test_ieee8023_missing_image_and_missing_finding_column(tmp_path, capsys):
     _assert_one_line_error(code, err, "metadata.csv", "'finding'")
 
 
+def test_library_entry_point_reads_a_set_lazily_and_checks_inputs_first(tmp_path):
+    """`open_real_set` is what the CLI verbs and the benchmarks use: it finds the side files,
+    checks the input before any case is read, and yields the same cases the CLI writes."""
+    from medfuse.io.real_sets import open_real_set
+
+    opened = open_real_set("cinc", [REAL / "cinc2017"])
+    assert opened.total == 4 and opened.report.cases_written == 0
+    cases = list(opened.cases)
+    assert len(cases) == 4 and {c.provenance["rhythm"] for c in cases} >= {"atrial_fibrillation", "sinus_rhythm"}
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match="no WFDB records"):
+        open_real_set("cinc", [empty])
+    with pytest.raises(InputError, match="no images in NORMAL/ or PNEUMONIA/"):
+        open_real_set("kermany", [empty])
+    with pytest.raises(ValueError, match="unknown research set"):
+        open_real_set("mnist", [empty])
+
+
 # ---------------------------------------------------------------- Kermany
 
 

@@ -14,30 +14,17 @@ from medfuse.cli.importing import (
     SkipBadOption,
     write_and_summarise,
 )
-from medfuse.errors import InputError
-from medfuse.io.base import ImportReport
 
 SplitOption = typer.Option(None, "--split", help="Split name stored on every case (provenance 'split'), e.g. dev or "
                                                  "heldout; default: the labels CSV's 'split' column, if any.")
 
 
-def _side_file(given: Path | None, sources: list[Path], names: tuple[str, ...], report: ImportReport,
-               what: str, required_option: str | None = None) -> Path | None:
-    """The side file the user named, else the first of `names` in the one input folder.
+def _import(kind: str, sources: list[Path], out: Path, overwrite: bool, as_json: bool, **options) -> None:
+    """Open the research set with the library's one entry point, then write and summarise."""
+    from medfuse.io.real_sets import open_real_set
 
-    With `required_option` (e.g. '--labels metadata.csv') finding none is an error
-    telling the user what to give.
-    """
-    from medfuse.io.dataset_files import side_file
-
-    if given is not None:
-        return given
-    found = side_file(sources, names)
-    if found is not None:
-        report.note(f"{what} found in the input folder: {found.name}")
-    elif required_option:
-        raise InputError(sources[0], f"no {what}: give {required_option}")
-    return found
+    opened = open_real_set(kind, sources, **options)
+    write_and_summarise(opened.cases, out, opened.report, opened.total, overwrite, as_json, sources=sources)
 
 
 def import_cinc_cmd(
@@ -60,21 +47,7 @@ def import_cinc_cmd(
     elevation, bundle branch blocks ...), and set the rhythm class (provenance 'rhythm').
     Unknown codes are kept as non-panel diagnoses and counted.
     """
-    from medfuse.io.cinc import (
-        LABEL_FILES,
-        find_cinc_records,
-        import_cinc,
-        load_cinc_labels,
-    )
-
-    records = find_cinc_records(sources)
-    if not records:
-        raise InputError(sources[0], "no WFDB records (.hea files) found")
-    report = ImportReport(source="cinc")
-    labels_csv = _side_file(labels, sources, LABEL_FILES, report, "labels CSV")
-    table = load_cinc_labels(labels_csv, report) if labels_csv is not None else None
-    cases = import_cinc(sources, report, labels_csv=table, split=split, skip_bad=skip_bad, records=records)
-    write_and_summarise(cases, out, report, len(records), overwrite, as_json, sources=sources)
+    _import("cinc", sources, out, overwrite, as_json, labels=labels, split=split, skip_bad=skip_bad)
 
 
 def import_nih_cxr_cmd(
@@ -92,21 +65,7 @@ def import_nih_cxr_cmd(
     as_json: JsonOption = False,
 ) -> None:
     """Import NIH ChestX-ray14 images with their 14 labels (as findings; Pneumonia also the panel's pneumonia) and expert boxes on the 0-999 grid."""
-    from medfuse.io.dataset_files import index_images
-    from medfuse.io.nih_cxr import (
-        BOX_FILES,
-        LABEL_FILES,
-        import_nih_cxr,
-        load_nih_tables,
-    )
-
-    report = ImportReport(source="nih-cxr")
-    labels_csv = _side_file(labels, sources, LABEL_FILES, report, "labels CSV", "--labels Data_Entry_2017.csv")
-    boxes_csv = _side_file(boxes, sources, BOX_FILES, report, "boxes CSV")
-    tables = load_nih_tables(labels_csv, boxes_csv, report)
-    images = index_images(sources, report)
-    cases = import_nih_cxr(sources, tables, report, split=split, skip_bad=skip_bad, images=images)
-    write_and_summarise(cases, out, report, len(tables.rows), overwrite, as_json, sources=sources)
+    _import("nih-cxr", sources, out, overwrite, as_json, labels=labels, boxes=boxes, split=split, skip_bad=skip_bad)
 
 
 def import_ieee8023_cmd(
@@ -126,22 +85,8 @@ def import_ieee8023_cmd(
     as_json: JsonOption = False,
 ) -> None:
     """Import the ieee8023 COVID-19 chest X-ray collection: pneumonia labels with their organism, sex, age, view, labs/vitals, lung-field boxes kept as anatomy."""
-    from medfuse.io.dataset_files import index_images
-    from medfuse.io.ieee8023 import (
-        BOX_FILES,
-        LABEL_FILES,
-        import_ieee8023,
-        load_ieee8023_tables,
-    )
-
-    report = ImportReport(source="ieee8023")
-    labels_csv = _side_file(labels, sources, LABEL_FILES, report, "metadata CSV", "--labels metadata.csv")
-    boxes_csv = _side_file(boxes, sources, BOX_FILES, report, "lung boxes CSV")
-    tables = load_ieee8023_tables(labels_csv, boxes_csv, report)
-    images = index_images(sources, report)
-    cases = import_ieee8023(sources, tables, report, split=split, exclude_noncommercial=exclude_noncommercial,
-                            skip_bad=skip_bad, images=images)
-    write_and_summarise(cases, out, report, len(tables.rows), overwrite, as_json, sources=sources)
+    _import("ieee8023", sources, out, overwrite, as_json, labels=labels, boxes=boxes, split=split, skip_bad=skip_bad,
+            exclude_noncommercial=exclude_noncommercial)
 
 
 def import_kermany_cmd(
@@ -158,21 +103,4 @@ def import_kermany_cmd(
     as_json: JsonOption = False,
 ) -> None:
     """Import the Kermany pediatric pneumonia X-rays (NORMAL / PNEUMONIA, bacterial or viral) with patient ids from the file names."""
-    from medfuse.io.kermany import (
-        LABEL_FILES,
-        import_kermany,
-        items_from_csv,
-        items_from_folders,
-    )
-
-    report = ImportReport(source="kermany")
-    labels_csv = _side_file(labels, sources, LABEL_FILES, report, "labels CSV")
-    if labels_csv is not None:
-        items = items_from_csv(labels_csv, sources, report)
-    else:
-        items = items_from_folders(sources, report)
-    if not items:
-        raise InputError(sources[0], "no images in NORMAL/ or PNEUMONIA/ folders and no labels CSV")
-    cases = import_kermany(items, report, labels_source=labels_csv.name if labels_csv else None, split=split,
-                           skip_bad=skip_bad)
-    write_and_summarise(cases, out, report, len(items), overwrite, as_json, sources=sources)
+    _import("kermany", sources, out, overwrite, as_json, labels=labels, split=split, skip_bad=skip_bad)
