@@ -15,12 +15,14 @@ from medfuse.interpret.rhythm import (
     FEATURES,
     MODEL_FILE,
     RhythmModel,
+    beat_quality,
     fit_rhythm_model,
     load_rhythm_model,
     rr_irregularity,
 )
 from medfuse.io.cinc import read_challenge_ecg
 from medfuse.record.case import ECG
+from medfuse.synth.ecg import synth_ecg
 
 REAL = Path(__file__).parent / "fixtures" / "real" / "ecg_rhythm"
 
@@ -139,3 +141,62 @@ def test_rr_irregularity_separates_regular_from_random_intervals():
     assert random["cosen"] > regular["cosen"]
     with pytest.raises(ValueError):
         rr_irregularity(np.array([0.8, 0.8]))
+
+
+def test_isolated_ectopic_beats_keep_the_rhythm_regular_where_af_does_not():
+    """Sinus rhythm with a premature beat and its pause every 8 beats is as variable as AF
+    by the coefficient of variation, but most of its intervals stay near the median and
+    most successive-difference pairs at the Lorenz plot's origin; in AF neither holds."""
+    ectopic = np.tile([0.8] * 6 + [0.5, 1.1], 5)
+    af = np.random.default_rng(2).uniform(0.45, 1.05, 40)
+    sinus_with_ectopy, fibrillation = rr_irregularity(ectopic), rr_irregularity(af)
+    assert sinus_with_ectopy["rr_cv"] > 0.15 and fibrillation["rr_cv"] > 0.15
+    assert sinus_with_ectopy["regular_fraction"] >= 0.7 and fibrillation["regular_fraction"] <= 0.35
+    assert sinus_with_ectopy["lorenz_origin"] >= 0.5 and fibrillation["lorenz_origin"] <= 0.1
+
+
+def test_a_noise_burst_shows_in_per_beat_quality():
+    """Beats alike give a per-beat template correlation near 1; noise over a third of the
+    recording drags its 10th percentile down and marks those beats bad."""
+    fs = 250.0
+    t = np.arange(int(30 * fs)) / fs
+    rpeaks = np.arange(int(0.5 * fs), t.size - int(0.5 * fs), int(0.8 * fs))
+    clean = sum(np.exp(-0.5 * ((t - r / fs) / 0.012) ** 2) - 0.3 * np.exp(-0.5 * ((t - r / fs - 0.25) / 0.05) ** 2)
+                for r in rpeaks)
+    noisy = clean + np.where(t < 10, np.random.default_rng(0).normal(0, 0.6, t.size), 0.0)
+    good, bad = beat_quality(clean, rpeaks, fs), beat_quality(noisy, rpeaks, fs)
+    assert good["beat_correlation_p10"] > 0.99 and good["bad_beat_fraction"] == 0.0
+    assert bad["beat_correlation_p10"] < 0.7 and 0.2 < bad["bad_beat_fraction"] < 0.5
+
+
+def _bigeminy(ecg: ECG) -> ECG:
+    """`ecg` (synthetic sinus) with 200 ms of baseline before every other P wave: RR
+    alternating long and short, every beat keeping its P wave (like atrial bigeminy)."""
+    fs, sig = ecg.fs, np.asarray(ecg.signal)
+    cut = [r - int(0.27 * fs) for r in ecg.annotations["synthetic"]["r_peaks"][1::2]]
+    pieces, last = [], 0
+    for c in cut:
+        pieces += [sig[last:c], np.repeat(sig[c:c + 1], int(0.2 * fs), axis=0)]
+        last = c
+    return ECG(signal=np.concatenate(pieces + [sig[last:]]), fs=fs, leads=ecg.leads)
+
+
+def test_other_with_p_waves_is_other_when_irregular_and_sinus_when_regular():
+    """The model's 'other' stands for an irregular rhythm with P waves (ectopic beats keep
+    theirs: the reader used to call every such recording sinus); a regular rhythm with a
+    repeating P wave is sinus whatever the model says about its morphology."""
+    spec = json.loads(json.dumps(load_rhythm_model().spec))
+    spec["coef"] = [[0.0] * len(spec["features"]) for _ in spec["classes"]]
+    spec["intercept"] = [5.0 if c == "O" else 0.0 for c in spec["classes"]]
+    always_other = RhythmModel(spec, "always_other.json")
+    regular = synth_ecg(np.random.default_rng(11), conditions=frozenset())
+    irregular = interpret_ecg(_bigeminy(regular), rhythm_model=always_other)
+    assert irregular.p_wave_present >= 0.5 and irregular.rr_successive_ratio > 0.1
+    assert irregular.rhythm == "other" and irregular.rhythm_probabilities["O"] > 0.9
+    assert interpret_ecg(regular, rhythm_model=always_other).rhythm == "sinus_rhythm"
+
+
+def test_bundled_model_is_fitted_without_class_reweighting():
+    """Its probabilities are meant as calibrated to the training mix, not re-balanced."""
+    spec = load_rhythm_model().spec
+    assert spec["class_weight"] == "none" and spec["features"] == list(FEATURES)

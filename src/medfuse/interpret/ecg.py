@@ -24,7 +24,7 @@ detection and wave delineation; around it:
    regression trained on real single-lead recordings (PhysioNet/CinC 2017) gives
    P(sinus / AF / other / noisy): AF when P(AF) reaches its threshold, too noisy when
    that class wins; otherwise sinus (labelled by rate: <60 brady, >100 tachy) when the
-   model says sinus or P waves repeat, else 'other'. Without the model
+   model says sinus, or P waves repeat and the RR is regular, else 'other'. Without the model
    (`rhythm_model=False`) the rule alone decides: irregular RR without P waves is AF.
 4. Intervals from `nk.ecg_delineate` (DWT) on the rhythm lead, medians over beats;
    QTc by Bazett and Fridericia.
@@ -315,8 +315,10 @@ def _interpret(ecg: ECG, sex: str | None, model: RhythmModel | None) -> ECGReadi
                 f"too much noise to read the rhythm (rhythm model: P(noisy) {probabilities['~']:.2f})",
                 excluded_leads=excluded, rhythm_lead=lead_names[rhythm_k], rhythm_features=_rounded(features),
                 rhythm_probabilities=_rounded(probabilities), **quality, **base)
+        # The model's 'other' stands with P waves if the RR is irregular (ectopic beats keep
+        # their P waves); a regular rhythm with repeating P waves is sinus.
         rhythm: str = ("atrial_fibrillation" if label == "A"
-                       else sinus if label == "N" or p_present else "other")
+                       else sinus if label == "N" or (p_present and not irregular) else "other")
     elif p_present:
         rhythm = sinus
     elif irregular:

@@ -11,19 +11,27 @@ Features (`rhythm_features`), each a published AF or signal-quality marker:
   differences above 10 % of the mean RR (a pNN50 that does not depend on the rate),
   the turning-point ratio (2/3 for a random sequence; Dash et al. 2009), the Shannon
   entropy of the RR histogram (Dash et al. 2009) and the coefficient of sample entropy
-  COSEn (Lake & Moorman 2011, made for short AF recordings), the heart rate;
+  COSEn (Lake & Moorman 2011, made for short AF recordings), the heart rate; two that
+  isolated ectopic beats barely move but AF does: the share of successive-difference
+  pairs near the origin of the Lorenz (Poincare) plot of dRR (the idea behind AF
+  evidence, Sarkar et al. 2008) and the share of RR intervals within 10 % of the median;
 - atrial activity: the reader's share of beats with a repeating P wave and the P
   template's coherence; on the rhythm lead's median beat, the P-window deflection over
   the QRS; after subtracting the median beat (QRST cancellation), the residual's size
   before each QRS over the QRS and the share of its power at 4-10 Hz, where
   fibrillatory waves lie;
 - quality: QRS template correlation, QRS-to-background ratio and bSQI, the agreement
-  of two independent R-peak detectors (Li, Mark & Clifford 2008).
+  of two independent R-peak detectors (Li, Mark & Clifford 2008); per-beat template
+  correlation (its 10th percentile and the share of beats below 0.7), which sees noise
+  confined to part of a recording that the median correlation misses.
 
 The classifier is a multinomial logistic regression on standardised features, stored as
 plain numbers in `knowledge/data/rhythm_model.json` (no pickle) and evaluated here with
 numpy; `fit_rhythm_model` (scikit-learn) writes that file. Every coefficient can be
 read: positive weight of a feature on a class means more of it makes that class likelier.
+It is fitted without class re-weighting, so its probabilities are calibrated to the
+class mix it was trained on (CinC-2017: about half sinus, a sixth AF, a quarter other,
+a tenth noisy); benchmarks/bench_real_ecg.py reports their calibration out of fold.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ FEATURES: tuple[str, ...] = (
     "log_hr", "rr_cv", "rmssd_ratio", "successive_ratio", "irregular_fraction", "turning_point_ratio",
     "rr_shannon_entropy", "cosen", "p_wave_present", "p_coherence", "log_p_wave_ratio", "log_tq_residual",
     "log_tq_fwave_share", "qrs_correlation", "log_qrs_snr", "detector_agreement",
+    "lorenz_origin", "regular_fraction", "beat_correlation_p10", "bad_beat_fraction",
 )
 MODEL_FILE = "rhythm_model.json"
 
@@ -51,6 +60,9 @@ _IRREGULAR_STEP = 0.10       # share of mean RR a successive difference must exc
 _ENTROPY_BINS = 16           # RR histogram bins (Dash et al. 2009)
 _SAMPEN_R_S = 0.03           # tolerance r (s) for COSEn, as Lake & Moorman chose for AF
 _MATCH_S = 0.15              # two detectors' beats within this count as the same beat (bSQI)
+_LORENZ_CELL = 0.06          # half-width (share of the median RR) of the Lorenz plot's central cell
+_REGULAR_BAND = 0.10         # an RR within this share of the median RR counts as regular
+_BAD_BEAT_CORRELATION = 0.7  # a beat correlating less with the median beat counts as bad
 
 
 # ---------------------------------------------------------------- features
@@ -65,6 +77,12 @@ def rr_irregularity(rr_s: np.ndarray) -> dict[str, float]:
     # Turning points: a middle interval above or below both neighbours.
     mid = rr[1:-1]
     turning = int(np.sum(((mid > rr[:-2]) & (mid > rr[2:])) | ((mid < rr[:-2]) & (mid < rr[2:]))))
+    median = float(np.median(rr))
+    # Lorenz plot of successive differences (dRR_i, dRR_i+1): regular beats sit in the
+    # central cell; one ectopic beat with its pause leaves it for two points only, AF
+    # scatters nearly every point.
+    d_rel = d / median
+    central = (np.abs(d_rel[1:]) < _LORENZ_CELL) & (np.abs(d_rel[:-1]) < _LORENZ_CELL)
     return {
         "log_hr": math.log(60.0 / mean),
         "rr_cv": float(rr.std(ddof=1) / mean),
@@ -74,6 +92,8 @@ def rr_irregularity(rr_s: np.ndarray) -> dict[str, float]:
         "turning_point_ratio": turning / (rr.size - 2),
         "rr_shannon_entropy": _shannon_entropy(rr),
         "cosen": _cosen(rr),
+        "lorenz_origin": float(central.mean()),
+        "regular_fraction": float(np.mean(np.abs(rr - median) <= _REGULAR_BAND * median)),
     }
 
 
@@ -128,6 +148,27 @@ def detector_agreement(x: np.ndarray, rpeaks: np.ndarray, fs: float) -> float:
     return 2.0 * matched / (rpeaks.size + other.size)
 
 
+def beat_quality(x: np.ndarray, rpeaks: np.ndarray, fs: float) -> dict[str, float]:
+    """Per-beat template correlation on one cleaned lead (`x` at `fs`, R peaks in samples).
+
+    Each beat (200 ms before to 400 ms after R) is correlated with the median beat: the
+    10th percentile and the share of beats under 0.7. Noise over a few seconds of a
+    recording (a handheld device losing contact) spoils those beats and leaves the
+    median correlation, which the reader gates on, intact.
+    """
+    before, after = int(0.2 * fs), int(0.4 * fs)
+    ok = (rpeaks - before >= 0) & (rpeaks + after < x.size)
+    if ok.sum() < 3:
+        return {"beat_correlation_p10": 0.0, "bad_beat_fraction": 1.0}
+    beats = x[rpeaks[ok][:, None] + np.arange(-before, after)[None, :]]  # (beats, 600 ms)
+    beats = beats - beats.mean(axis=1, keepdims=True)
+    template = np.median(beats, axis=0)
+    template = template - template.mean()
+    corr = beats @ template / (np.linalg.norm(beats, axis=1) * np.linalg.norm(template) + 1e-12)
+    return {"beat_correlation_p10": float(np.percentile(corr, 10)),
+            "bad_beat_fraction": float(np.mean(corr < _BAD_BEAT_CORRELATION))}
+
+
 def atrial_activity(x: np.ndarray, rpeaks: np.ndarray, fs: float) -> dict[str, float]:
     """Atrial-activity features of one cleaned, upright lead (`x` at `fs`, R peaks in samples).
 
@@ -174,6 +215,7 @@ def rhythm_features(rr_s: np.ndarray, x: np.ndarray, rpeaks: np.ndarray, fs: flo
     """
     out = rr_irregularity(rr_s)
     out.update(atrial_activity(x, rpeaks, fs))
+    out.update(beat_quality(x, rpeaks, fs))
     out.update(
         p_wave_present=float(p_wave_present or 0.0),
         p_coherence=float(p_coherence or 0.0),
@@ -244,19 +286,21 @@ def _bundled_model() -> RhythmModel:
 
 
 def fit_rhythm_model(x: np.ndarray, y: list[str], *, af_threshold: float, c: float = 1.0,
-                     provenance: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Fit the model (scikit-learn, balanced class weights) and return its JSON spec.
+                     balanced: bool = False, provenance: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Fit the model (scikit-learn) and return its JSON spec.
 
-    `x` is (records, len(FEATURES)) in `FEATURES` order; `y` the class per record. The
-    spec carries a few training rows with scikit-learn's own probabilities (`check`), so
-    a loaded file can be checked against the model as it was fitted.
+    `x` is (records, len(FEATURES)) in `FEATURES` order; `y` the class per record.
+    `balanced` re-weights classes to equal total weight, which trades calibrated
+    probabilities for recall of the rare classes. The spec carries a few training rows
+    with scikit-learn's own probabilities (`check`), so a loaded file can be checked
+    against the model as it was fitted.
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
     scaler = StandardScaler().fit(x)
     classes = [c_ for c_ in RHYTHM_CLASSES if c_ in set(y)]
-    clf = LogisticRegression(C=c, class_weight="balanced", max_iter=5000)
+    clf = LogisticRegression(C=c, class_weight="balanced" if balanced else None, max_iter=5000)
     clf.fit(scaler.transform(x), y)
     order = [list(clf.classes_).index(c_) for c_ in classes]
     check_rows = x[np.linspace(0, len(x) - 1, min(len(x), 5)).astype(int)]
@@ -271,6 +315,7 @@ def fit_rhythm_model(x: np.ndarray, y: list[str], *, af_threshold: float, c: flo
         "intercept": clf.intercept_[order].tolist(),
         "af_threshold": af_threshold,
         "regularisation_c": c,
+        "class_weight": "balanced" if balanced else "none",
         "check": {"x": check_rows.tolist(), "probabilities": check_probs.tolist()},
         **({"provenance": provenance} if provenance else {}),
     }
