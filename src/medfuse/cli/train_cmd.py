@@ -27,14 +27,15 @@ train_app = typer.Typer(help="Train a stage of the model: encoders -> align -> s
 
 
 def _flag_type(annotation: Any) -> Any | None:
-    """The CLI type of a config field, or None for fields set in YAML only (mappings)."""
+    """The CLI type of a config field, or None for fields set in YAML only (mappings, lists of them)."""
     args = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else ()
     base = next((a for a in args if a is not type(None)), annotation) if args else annotation
     origin = typing.get_origin(base)
     if origin is dict or base is dict:
         return None
     if origin is list:
-        return list[typing.get_args(base)[0]]
+        item = typing.get_args(base)[0]
+        return None if item is dict or typing.get_origin(item) is dict else list[item]  # lists of mappings: YAML only
     return base
 
 

@@ -85,9 +85,17 @@ class EncodersConfig(StageConfig):
     contrastive_temperature: float = option(0.07, "InfoNCE softmax temperature.")
     finding_weight: float = option(1.0,
         "Weight of the finding loss (presence BCE + L1 + GIoU on the boxes); 0 turns it off.")
+    extra_cohorts: list[dict[str, Any]] = option(
+        factory=list,
+        help="More cohorts to train on beside `cohort` (train.mixed): [{path, weight, diseases, findings, boxes, "
+             "fractions, name}]; each is split by patient on its own and its loss covers only the panel diseases "
+             "(and image-level finding labels) it annotates.")
 
     def validate(self) -> None:
         super().validate()
+        from medfuse.train.mixed import check_source_entries
+
+        check_source_entries(self.extra_cohorts)
         for name in ("contrastive_weight", "finding_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}: must be >= 0")

@@ -30,6 +30,8 @@ from medfuse.record.case import MODALITIES, PatientCase
 from medfuse.train.common import shard, split_cases
 from medfuse.train.config import EncodersConfig
 from medfuse.train.loop import Stage, StepReport, loss_report, run_loop, start_stage, train_only
+from medfuse.train.mixed import (annotate_items, build_sources, fit_head_masked, image_finding_loss,
+                                 masked_fusion_loss, source_split, source_summary, split_size)
 
 CONTRAST_DIM = 128
 FINDING_THRESHOLDS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.7)
@@ -116,7 +118,8 @@ class EncoderObjective(nn.Module):
         from medfuse.model.findings import finding_loss
 
         out = self.fusion(batch)
-        losses = {"fusion": self.fusion.loss(batch, out)}
+        mixed = "label_mask" in batch  # mixed sources (train.mixed): masked, source-weighted targets
+        losses = {"fusion": masked_fusion_loss(self.fusion, batch, out) if mixed else self.fusion.loss(batch, out)}
         present = batch["present"]  # (B, M)
         if self.cfg.contrastive_weight > 0 and "report_emb" in batch:
             rows = present[:, MODALITIES.index("cxr")] & batch["has_report"]
@@ -126,8 +129,11 @@ class EncoderObjective(nn.Module):
             losses["ecg_text"] = info_nce(self.ecg_proj(out.ecg_summary[rows]),
                                           self.text_proj(batch["ecg_text_emb"][rows]), self.cfg.contrastive_temperature)
         if self.cfg.finding_weight > 0 and out.finding_logits is not None:
+            boxed = present[:, MODALITIES.index("cxr")] & (batch["box_rows"] if mixed else True)
             losses["findings"] = finding_loss(out.finding_logits, out.finding_boxes, batch["finding_presence"],
-                                              batch["finding_boxes"], present[:, MODALITIES.index("cxr")])
+                                              batch["finding_boxes"], boxed)
+            if mixed:
+                losses["findings"] = losses["findings"] + image_finding_loss(out.finding_logits, batch)
         total = losses["fusion"]
         total = total + self.cfg.contrastive_weight * (losses.get("image_text", 0) + losses.get("ecg_text", 0))
         total = total + self.cfg.finding_weight * losses.get("findings", 0)
@@ -137,9 +143,11 @@ class EncoderObjective(nn.Module):
 
 @torch.no_grad()
 def predict(fusion: nn.Module, data: EncoderData, batch_size: int = 64) -> dict[str, np.ndarray]:
-    """Disease logits (n, D), labels (n, D), finding probabilities (n, Q) and boxes (n, Q, 4)."""
+    """Disease logits (n, D), labels (n, D), finding probabilities (n, Q) and boxes (n, Q, 4)
+    (+ the mixed-source `label_mask` (n, D) and `box_rows` (n,) where the items carry them)."""
     fusion.eval()
     logits, labels, fprob, fbox, has_cxr = [], [], [], [], []
+    masks: dict[str, list[np.ndarray]] = {"label_mask": [], "box_rows": []}
     n = len(data.items)
     for start in range(0, n, batch_size):
         b = data.batch(range(start, min(n, start + batch_size)))
@@ -147,12 +155,16 @@ def predict(fusion: nn.Module, data: EncoderData, batch_size: int = 64) -> dict[
         logits.append(out.disease_logits.float().numpy())
         labels.append(b["labels"].numpy())
         has_cxr.append(b["present"][:, MODALITIES.index("cxr")].numpy())
+        for key, kept in masks.items():
+            if key in b:
+                kept.append(b[key].numpy())
         if out.finding_logits is not None:
             fprob.append(torch.sigmoid(out.finding_logits).numpy())
             fbox.append(out.finding_boxes.numpy())
     res = {"logits": np.concatenate(logits), "labels": np.concatenate(labels), "has_cxr": np.concatenate(has_cxr)}
     if fprob:
         res["finding_prob"], res["finding_boxes"] = np.concatenate(fprob), np.concatenate(fbox)
+    res.update({key: np.concatenate(kept) for key, kept in masks.items() if kept})
     return res
 
 
@@ -248,7 +260,11 @@ def cross_fit_folds(cases: list[PatientCase]) -> tuple[list[tuple[np.ndarray, np
 
 
 def _fit_head(head, pred: dict[str, np.ndarray]) -> None:
-    """Fit `head`'s temperature, then its F1-max thresholds, on predictions (`predict`)."""
+    """Fit `head`'s temperature, then its F1-max thresholds, on predictions (`predict`);
+    with a mixed-source `label_mask`, each disease on the rows that annotate it."""
+    if "label_mask" in pred:
+        fit_head_masked(head, pred["logits"], pred["labels"], pred["label_mask"])
+        return
     head.fit_temperature(pred["logits"], pred["labels"])
     head.fit_thresholds(head.predict_proba(pred["logits"]), pred["labels"])
 
@@ -279,6 +295,12 @@ def calibrate(model, val_cases: list[PatientCase], val: EncoderData | None = Non
     labels = model.config.finding_labels
     findings_trained = bool(model.card.get("findings_trained")) and "finding_prob" in pred
     folds, scored_on = cross_fit_folds(val_cases)
+    # Mixed sources: the head fits each disease on the rows that annotate it, but the pooled
+    # figures (and grounding) are scored on the fully annotated, boxed cases only: a real
+    # set's silence on a disease is not a negative (per-source figures: train.source_card).
+    full = pred["label_mask"].all(1) & pred["box_rows"] if "label_mask" in pred else np.ones(len(val_cases), bool)
+    if not full.all():
+        scored_on += f"; pooled over the {int(full.sum())} fully annotated cases of {len(val_cases)}"
     probs = np.zeros_like(pred["logits"], dtype=float)  # (n, D)
     y_pred = np.zeros(pred["logits"].shape, dtype=int)  # (n, D)
     found: list[list] = [[] for _ in val_cases]
@@ -288,19 +310,23 @@ def calibrate(model, val_cases: list[PatientCase], val: EncoderData | None = Non
         probs[score] = head.predict_proba(pred["logits"][score])
         y_pred[score] = probs[score] >= head.thresholds[None, :]
         if findings_trained:
+            fit = fit[full[fit]]
             t = _best_finding_threshold([val_cases[i] for i in fit], _rows(pred, fit), labels)
             if t is not None:
                 for i, f in zip(score, _decoded_findings(_rows(pred, score), labels, t), strict=True):
                     found[i] = f
     _fit_head(model.head, pred)
-    diagnosis = summarise_diagnosis(pred["labels"], y_pred, probs, model.panel.keys) | {"scored_on": scored_on}
+    diagnosis = summarise_diagnosis(pred["labels"][full], y_pred[full], probs[full], model.panel.keys)
+    diagnosis["scored_on"] = scored_on
     findings = None
     if findings_trained:
         # The presence threshold is an operating point like the disease thresholds.
-        best = _best_finding_threshold(val_cases, pred, labels)
+        rows = np.flatnonzero(full)
+        boxed_cases = [val_cases[i] for i in rows]
+        best = _best_finding_threshold(boxed_cases, _rows(pred, rows), labels)
         if best is not None:
             model.config.finding_threshold = best
-            scores = grounding_by_label(val_cases, found, labels)
+            scores = grounding_by_label(boxed_cases, [found[i] for i in rows], labels)
             findings = None if scores is None else {**scores, "threshold": best, "scored_on": scored_on}
     return {"diagnosis": diagnosis, "findings": findings}
 
@@ -329,10 +355,24 @@ def train_encoders(cfg: EncodersConfig, command: str | None = None) -> dict[str,
         stats = FeatureStats.fit(train_cases)  # training split only
         model = MedFuse.build(ModelConfig.from_dict(cfg.model, origin=f"{cfg.cohort}: model"), stats=stats,
                               tiny_llm=cfg.tiny_llm)
+    # Mixed sources (train.mixed): each extra cohort split by patient on its own.
+    sources = build_sources(cfg.cohort, cfg.extra_cohorts, model.panel.keys, model.config.finding_labels)
+    splits = {"train": [train_cases], "val": [val_cases], "test": [[]]}  # the primary's test split is not read
+    for source in sources[1:] if cfg.extra_cohorts else []:
+        for name, parts in splits.items():
+            parts.append(source_split(source, name, cfg.split_seed))
+    train_cases, val_cases = [c for p in splits["train"] for c in p], [c for p in splits["val"] for c in p]
     start = time.perf_counter()
     with_texts = cfg.contrastive_weight > 0
     train = EncoderData.build(train_cases, model, with_texts)
     val = EncoderData.build(val_cases, model, with_texts=False)
+    if cfg.extra_cohorts:
+        for data, parts in ((train, splits["train"]), (val, splits["val"])):
+            at = 0
+            for source, cases in zip(sources, parts, strict=True):
+                annotate_items(data.items[at : at + len(cases)], cases, source, model.panel.keys,
+                               model.config.finding_labels)
+                at += len(cases)
     prep_s = time.perf_counter() - start
 
     train_only(model, model.trainable_parts("encoders"))
@@ -352,13 +392,19 @@ def train_encoders(cfg: EncodersConfig, command: str | None = None) -> dict[str,
     model.card["findings_trained"] = cfg.finding_weight > 0 and model.config.fusion != "early"
     val_metrics = calibrate(model, val_cases, val)
     run.log.log(run.steps, **{"val_" + k: v for k, v in val_metrics["diagnosis"].items()})
+    stage = {"stage": "encoders", "steps": run.steps, "seconds": round(run.seconds, 1), "command": command,
+             "config": cfg.as_dict(), "validation": val_metrics}
+    if cfg.extra_cohorts:
+        stage["sources"] = [source_summary(s, len(splits["train"][i]), len(splits["val"][i]),
+                                           len(splits["test"][i]) if i else split_size(s, "test", cfg.split_seed))
+                            for i, s in enumerate(sources)]
     model.card.update({
         "trained": True,
-        "training_data": f"{len(train_cases)} training / {len(val_cases)} validation cases of cohort "
-                         f"'{out_name(cfg.cohort)}' (patient-level split, seed {cfg.split_seed})",
-        "stages": [*model.card.get("stages", []), {"stage": "encoders", "steps": run.steps,
-                                                   "seconds": round(run.seconds, 1), "command": command,
-                                                   "config": cfg.as_dict(), "validation": val_metrics}],
+        "training_data": f"{len(train_cases)} training / {len(val_cases)} validation cases of "
+                         + (f"cohorts {', '.join(repr(s.name) for s in sources)} (patient-level split per source"
+                            if cfg.extra_cohorts else f"cohort '{out_name(cfg.cohort)}' (patient-level split")
+                         + f", seed {cfg.split_seed})",
+        "stages": [*model.card.get("stages", []), stage],
     })
     run.finish(model)
     return {"stage": "encoders", "steps": run.steps, "train_cases": len(train_cases), "val_cases": len(val_cases),
