@@ -24,15 +24,22 @@ EOS = 0
 FACTS = FactVocabulary(numbers=frozenset({"900", "4.1"}), leads=frozenset({"V2", "V3"}))
 
 
-def encode(text: str) -> list[int]:
-    """Greedy longest match over VOCAB (the forced scaffold texts are in it)."""
-    ids, i = [], 0
-    while i < len(text):
-        best = max((k for k, piece in enumerate(VOCAB) if piece and text.startswith(piece, i)),
-                   key=lambda k: len(VOCAB[k]))
-        ids.append(best)
-        i += len(VOCAB[best])
-    return ids
+def greedy_encoder(vocab: list[str]):
+    """A tokenizer for `vocab`: greedy longest match (id 0, the end of sequence, is never a piece)."""
+
+    def encode(text: str) -> list[int]:
+        ids, i = [], 0
+        while i < len(text):
+            best = max((k for k, piece in enumerate(vocab) if k and piece and text.startswith(piece, i)),
+                       key=lambda k: len(vocab[k]))
+            ids.append(best)
+            i += len(vocab[best])
+        return ids
+
+    return encode
+
+
+encode = greedy_encoder(VOCAB)  # the forced scaffold texts are in VOCAB
 
 
 def plan() -> ReasoningPlan:
@@ -122,3 +129,77 @@ def test_transformers_adapter_masks_each_row_by_its_own_constraint():
     first = encode("<think>Heart failure:")[0]
     assert torch.isfinite(out[0]).sum() == 1 and torch.isfinite(out[0, first])
     assert torch.equal(out[1], scores[1])  # a row without a constraint is untouched
+
+
+# --------------------------------------------------------------------------- the decoder and the checker agree
+
+@pytest.fixture(scope="module")
+def synthetic_cases():
+    """Fresh synthetic cases (all modalities the default mix gives) with their evidence."""
+    from medfuse.interpret.case import interpret_case
+    from medfuse.synth.cohort import SynthConfig, synth_case
+
+    cases = [synth_case(7, i, SynthConfig()) for i in range(10)]
+    return [(case, interpret_case(case)) for case in cases]
+
+
+def _plan_vocabulary(plan: ReasoningPlan) -> list[str]:
+    """Pieces of every text the plan may write (words with their leading space, single
+    characters), plus tempting wrong ones: a garbled test name, an unlisted lead, a number,
+    an unreported disease, a newline and a tag."""
+    texts = [s.text for s in plan.segments if s.text] + [o for s in plan.segments for o in s.options]
+    texts += [s.separator + s.end for s in plan.segments if s.kind == "choice"]
+    pieces = {"<eos>", "\n", "<answer>", " Sokolow", "ljen", " BNP", " troponin", " V4", "812", " pneumonia",
+              " E", "E", "[", "]", ", E", " Evidence: [E", *(chr(c) for c in range(32, 127))}
+    for text in texts:
+        pieces.update(text)  # single characters: every text can be spelt
+        pieces.update(re.findall(r" ?[^ ]+", text))
+    return ["<eos>", *sorted(pieces - {"<eos>"})]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_what_the_constraint_allows_the_checker_keeps(synthetic_cases, seed):
+    """Over random head decisions and random scores, every reasoning the constrained decoder
+    can write survives the faithfulness check whole and is consistent with the decision."""
+    from medfuse.knowledge.panel import load_panel
+    from medfuse.model.diagnosis import rationale_filter
+    from medfuse.model.faithfulness import check_consistency, check_reasoning
+    from medfuse.model.prompt import (
+        HeadDecision,
+        evidence_facts,
+        numbered_evidence,
+        reasoning_plan,
+    )
+
+    panel = load_panel()
+    rng = np.random.default_rng(seed)
+    for case, evidence in synthetic_cases:
+        keys = list(rng.permutation(panel.keys))
+        n = int(rng.integers(0, 4))
+        decision = HeadDecision(reported=tuple((k, 0.9) for k in keys[:n]),
+                                considered=tuple((k, 0.2) for k in keys[n:n + 2]))
+        numbered = numbered_evidence(evidence)
+        reported = [k for k, _ in decision.reported]
+        accept = rationale_filter(case, evidence, numbered, reported, panel)
+        draft = reasoning_plan(decision, numbered, panel, accept=accept)
+        vocab = _plan_vocabulary(draft)
+        encode_with = greedy_encoder(vocab)
+
+        plan = reasoning_plan(decision, numbered, panel, accept=accept, token_count=lambda s: len(encode_with(s)))
+        constraint = ReasoningConstraint(plan, evidence_facts(numbered), vocab, encode_with, 0, reserve=3, top_k=8)
+        ids: list[int] = []
+        for _ in range(constraint.tokens_needed() + 5):
+            scores = constraint(ids, rng.normal(size=len(vocab)).astype(np.float32) * 3)
+            allowed = np.flatnonzero(np.isfinite(scores))
+            assert allowed.size, "every step leaves at least one token"
+            token = int(rng.choice(allowed)) if rng.random() < 0.5 else int(np.argmax(scores))
+            ids.append(token)
+            if token == 0:
+                break
+        text = "".join(vocab[i] for i in ids if i)
+        assert ids[-1] == 0 and len(ids) <= constraint.tokens_needed(), text
+        check = check_reasoning(text, case, evidence, panel, cited=numbered)
+        assert not check.dropped and not check.truncated, (text, check.dropped)
+        consistency = check_consistency(check.text, reported, panel)
+        assert consistency.consistent, (text, consistency.problems)
+        assert "Sokolowljen" not in text and "<answer>" not in text

@@ -325,7 +325,7 @@ def test_reasoning_explains_exactly_the_heads_decision(model, case):
     from medfuse.formats import parse_answer_set
     from medfuse.interpret.case import interpret_case
     from medfuse.model.faithfulness import evidence_supports
-    from medfuse.model.prompt import numbered_evidence
+    from medfuse.model.prompt import numbered_evidence, rationale_options
 
     model.head.thresholds = [0.0, 0.0, 1.1, 0.0, 1.1, 1.1, 1.1, 1.1, 1.1]  # AF, CAD, renal failure reported
     try:
@@ -346,8 +346,27 @@ def test_reasoning_explains_exactly_the_heads_decision(model, case):
         for k in (int(x) for x in re.findall(r"E(\d+)", " ".join(re.findall(r"\[[^\]]*\]", line)))):
             assert key in evidence_supports(listed[k - 1]), line
         assert re.search(r"[.!?]$", line.rstrip()), line  # a finished sentence
-    assert not any(c.reason.startswith("cites") for c in d.check.dropped)
-    assert d.consistency is not None and not d.consistency.argued_unreported
+        options = rationale_options(listed, key)
+        if options:  # the items tied to that disease, named whole, as the list spells them
+            named = line.split(" supported by ", 1)[1].split(". Evidence:")[0].removesuffix(".")
+            assert named.startswith(tuple(options)) and all(p in options for p in _split_options(named, options))
+        else:
+            assert line.endswith(": no listed evidence item shows it directly."), line
+    # What the decoder may write is what the checker keeps: nothing removed, nothing missing.
+    assert not d.check.dropped, d.check.dropped
+    assert d.consistency is not None and d.consistency.consistent, d.consistency.problems
+
+
+def _split_options(named: str, options: list[str]) -> list[str]:
+    """'a (x), b (y)' -> the options it joins (options may hold ', ' themselves)."""
+    out, rest = [], named
+    while rest:
+        option = max((o for o in options if rest.startswith(o)), key=len, default=None)
+        if option is None:
+            return [rest]
+        out.append(option)
+        rest = rest[len(option):].removeprefix(", ")
+    return out
 
 
 def test_the_prompt_states_the_decision_and_numbers_the_evidence(model, case):

@@ -310,3 +310,24 @@ def test_consistency_needs_a_rationale_per_reported_disease_and_nothing_for_othe
     # An empty header is no rationale; a denial is no argument.
     assert check_consistency("<think>sepsis:</think>", ["sepsis"]).missing == ["sepsis"]
     assert check_consistency("<think>sepsis: fever, no pneumonia.</think>", ["sepsis"]).consistent
+
+
+def test_a_rationale_names_only_items_tied_to_its_disease_and_names_them_whole(case, evidence):
+    from medfuse.model.prompt import numbered_evidence, rationale_options
+
+    listed = numbered_evidence(evidence)
+    assert "creatinine (high)" in rationale_options(listed, "acute_renal_failure")
+    assert "creatinine (high)" not in rationale_options(listed, "hypertension")
+    text = ("acute renal failure: supported by creatinine (high).\n"
+            "hypertension: supported by creatinine (high).\n"  # a listed item, but not tied to it
+            "acute renal failure: supported by Creatininemiax (high).\n"  # a name grown out of a test's name
+            "acute renal failure: no listed evidence item shows hypertension.\n"
+            "hypertension: no potassium result argues against it.")  # a denial names nothing as support
+    check = check_reasoning(text, case, evidence, cited=listed)
+    assert [c.reason.split(",")[0] for c in check.dropped] == [
+        "names creatinine for hypertension",
+        "names 'Creatininemiax'",
+    ]
+    assert "acute renal failure: supported by creatinine (high)." in check.text
+    # Without the evidence list, the rule has nothing to tie names to.
+    assert not check_reasoning(text.split("\n")[1], case, evidence).dropped

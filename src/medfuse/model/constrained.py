@@ -15,6 +15,14 @@ slot a token is allowed only when the text it produces keeps these rules:
   `reserve` tokens of the slot's budget only moves that close the sentence are allowed,
   so the output always ends on a complete sentence within the plan's token count.
 
+A CHOICE slot (`ReasoningPlan.choice`) is stricter: its text must spell `lead`, then one
+or more whole phrases of its `options` (each at most once) joined by `separator`, then
+`end`; the model's scores only decide which options, in which order, and when to stop.
+`diagnose` uses it for rationales: the options are the evidence items tied to the
+disease, vetted by the faithfulness checker, so a name is either a whole evidence item or
+not written at all ("Sokolowljen" cannot be spelt), and the candidates at each step are
+the vocabulary pieces that continue an option (found by text, not by scanning the scores).
+
 The core (`ReasoningConstraint`) works on generated token ids and a numpy score vector,
 so any decoder can use it: `HFReasoningProcessor` adapts it to a transformers
 `LogitsProcessor` (one constraint per batch row), and llama-cpp-python's
@@ -41,6 +49,8 @@ __all__ = [
     "ReasoningConstraint",
     "ReasoningPlan",
     "Segment",
+    "choice_continuations",
+    "choice_state",
     "token_texts",
 ]
 
@@ -91,6 +101,12 @@ class Segment:
     # "sentence": the slot ends on a finished sentence. "citation": the forced text before
     # it opened a citation ("[E"), the slot writes the ids and ends on the closing "]".
     kind: str = "sentence"
+    # "choice": the slot writes `lead`, then options (whole phrases, each at most once)
+    # joined by `separator`, then `end`: `lead opt (separator opt)* end`.
+    options: tuple[str, ...] = ()
+    separator: str = ", "
+    lead: str = ""
+    end: str = "."
 
 
 @dataclass
@@ -107,6 +123,17 @@ class ReasoningPlan:
         """A rationale slot: one finished sentence of at most `budget` tokens."""
         self.segments.append(Segment(budget=budget, cite_ids=frozenset(cite_ids),
                                      forbidden=tuple(f.lower() for f in forbidden if f)))
+        return self
+
+    def choice(self, budget: int, options: Iterable[str], separator: str = ", ", lead: str = "",
+               end: str = ".") -> ReasoningPlan:
+        """A slot that names whole phrases only: `lead`, one or more distinct `options` joined
+        by `separator`, then `end`. The model picks which options and in which order."""
+        opts = tuple(dict.fromkeys(o for o in options if o))
+        if not opts:
+            raise ValueError("a choice slot needs at least one option")
+        self.segments.append(Segment(budget=budget, kind="choice", options=opts, separator=separator, lead=lead,
+                                     end=end))
         return self
 
     def citation(self, budget: int, cite_ids: Iterable[int]) -> ReasoningPlan:
@@ -153,9 +180,17 @@ class ReasoningConstraint:
         self.written: list[str] = []  # the free text of each finished slot
 
     def tokens_needed(self) -> int:
-        """The most tokens the plan can take: forced ids, plus each slot's budget and its last-resort margin."""
-        return sum(len(ids) if s.text is not None else s.budget + self.reserve + 1
-                   for s, ids in zip(self.plan.segments, self._forced_ids))
+        """The most tokens the plan can take: forced ids, plus each slot's budget and its last-resort margin
+        (a choice slot may have to finish its longest option, then its end, after the margin)."""
+        total = 0
+        for s, ids in zip(self.plan.segments, self._forced_ids):
+            if s.text is not None:
+                total += len(ids)
+                continue
+            total += s.budget + self.reserve + 1
+            if s.kind == "choice":
+                total += max(len(self._encode(s.separator + o + s.end)) for o in s.options) + 1
+        return total
 
     @property
     def generated(self) -> int:
@@ -217,6 +252,8 @@ class ReasoningConstraint:
         """The slot may end here: a finished sentence, or (citation slot) a closed citation."""
         if seg.kind == "citation":
             return text.endswith("]") and _CITATION.fullmatch(text) is not None
+        if seg.kind == "choice":
+            return choice_state(text, seg) == "complete"
         return self.sentence_complete(text)
 
     def sentence_complete(self, text: str) -> bool:
@@ -238,6 +275,9 @@ class ReasoningConstraint:
             return False  # no tag, newline or control character inside a slot
         new = text + piece
         lo = len(text)
+        if seg.kind == "choice":
+            # Whole options only; when closing, no new option is started.
+            return any(rest.startswith(piece) for rest in self._continuations(text, seg, not closing))
         if seg.kind == "citation":
             # Ids, separators and the closing bracket only; nothing after it.
             if not _CITATION_SLOT.fullmatch(new) or not self._citations_ok(new, lo, seg):
@@ -392,9 +432,16 @@ class ReasoningConstraint:
         if complete and end_token is not None:
             out[end_token] = scores[end_token] if np.isfinite(scores[end_token]) else 0.0
         kept = 0
-        # The best 512 candidates sorted; a full sort only when none of them is valid.
-        head = np.argpartition(-scores, 512)[:512] if scores.shape[0] > 512 else np.arange(scores.shape[0])
-        order = head[np.argsort(-scores[head], kind="stable")]
+        if seg.kind == "choice":
+            # Few tokens continue a choice: every vocabulary piece that is a prefix of what
+            # may come next is a candidate, so the model's preference among them decides.
+            order = np.array(sorted(self._choice_candidates(seg, closing), key=lambda t: -scores[t]), dtype=np.int64)
+        elif scores.shape[0] > 512:
+            # The best 512 candidates sorted; a full sort only when none of them is valid.
+            head = np.argpartition(-scores, 512)[:512]
+            order = head[np.argsort(-scores[head], kind="stable")]
+        else:
+            order = np.argsort(-scores, kind="stable")
         for token in order:
             token = int(token)
             if not np.isfinite(scores[token]):
@@ -404,7 +451,7 @@ class ReasoningConstraint:
             if self.allowed(self._text, token, seg, closing):
                 out[token] = scores[token]
                 kept += 1
-                if kept >= self.top_k:
+                if kept >= self.top_k and seg.kind != "choice":
                     break
         if kept == 0 and not (complete and end_token is not None):
             fallback = self._fallback(seg)
@@ -415,8 +462,29 @@ class ReasoningConstraint:
         """A token that always moves towards a finished slot when no candidate was valid."""
         return self._completion_token(seg)
 
+    def _continuations(self, text: str, seg: Segment, more: bool) -> list[str]:
+        """`choice_continuations`, memoised for the step (every candidate asks the same)."""
+        key = (self._seg, text, more)
+        cached = self.__dict__.get("_cont_memo")
+        if cached is None or cached[0] != key:
+            cached = self._cont_memo = (key, choice_continuations(text, seg, more=more))
+        return cached[1]
+
+    def _choice_candidates(self, seg: Segment, closing: bool) -> set[int]:
+        """Token ids whose text is a prefix of a continuation of the choice slot's text."""
+        by_text = _pieces_by_text(self.vocab)
+        out: set[int] = set()
+        for rest in self._continuations(self._text, seg, not closing):
+            for n in range(1, min(len(rest), _MAX_PIECE) + 1):
+                out.update(by_text.get(rest[:n], ()))
+        return out
+
     def _completion(self, seg: Segment) -> str:
         """The shortest text that closes what the slot has open and finishes it."""
+        if seg.kind == "choice":
+            ways = [r for more in (False, True) for r in choice_continuations(self._text, seg, more=more)
+                    if choice_state(self._text + r, seg) == "complete"]
+            return min(ways, key=len) if ways else seg.end
         text, ids = self._text, sorted(seg.cite_ids)
         out = ""
         m = _OPEN_CITATION.search(text)
@@ -454,6 +522,108 @@ class ReasoningConstraint:
         if piece not in cache:
             cache[piece] = [i for i, t in enumerate(self.vocab) if t == piece]
         return cache[piece]
+
+
+# --------------------------------------------------------------------------- choice slots
+
+_MAX_PIECE = 48  # characters; longer than any vocabulary piece a continuation could match
+_PIECES: dict[int, tuple[Sequence[str], dict[str, list[int]]]] = {}
+
+
+def _pieces_by_text(vocab: Sequence[str]) -> dict[str, list[int]]:
+    """text -> token ids with that text, built once per vocabulary (kept alive with it)."""
+    cached = _PIECES.get(id(vocab))
+    if cached is None or cached[0] is not vocab:
+        table: dict[str, list[int]] = {}
+        for i, piece in enumerate(vocab):
+            if piece:
+                table.setdefault(piece, []).append(i)
+        cached = _PIECES[id(vocab)] = (vocab, table)
+    return cached[1]
+
+
+def choice_state(text: str, seg: Segment) -> str | None:
+    """Where `text` stands in the language `lead opt (separator opt)* end` of a choice slot:
+    "complete" (a whole sentence of it), "open" (a proper prefix of one) or None (neither)."""
+    if not text.startswith(seg.lead):
+        return "open" if seg.lead.startswith(text) else None
+    return _choice_rest(text[len(seg.lead):], seg, frozenset())
+
+
+def _choice_rest(rest: str, seg: Segment, used: frozenset[str]) -> str | None:
+    if not rest:
+        return "open"
+    best: str | None = None
+    for option in seg.options:
+        if option in used:
+            continue
+        if len(rest) <= len(option):
+            if option.startswith(rest):
+                best = "open"
+            continue
+        if not rest.startswith(option):
+            continue
+        after = rest[len(option):]
+        if after == seg.end:
+            return "complete"
+        if seg.end.startswith(after):
+            best = "open"
+        if not any(o not in used and o != option for o in seg.options):
+            continue
+        if seg.separator.startswith(after):
+            best = "open"
+        elif after.startswith(seg.separator):
+            state = _choice_rest(after[len(seg.separator):], seg, used | {option})
+            if state == "complete":
+                return state
+            best = best or state
+    return best
+
+
+def choice_continuations(text: str, seg: Segment, more: bool = True) -> list[str]:
+    """Strings that may follow `text` (a prefix of the choice language): the rest of the
+    option being written and the end, or (with `more`) a separator and a next option.
+    With `more=False` no new separator is started (the slot is closing); one already
+    begun is finished with the shortest way on."""
+    if not text.startswith(seg.lead):
+        return [seg.lead[len(text):] + o for o in seg.options] if seg.lead.startswith(text) else []
+    out: list[str] = []
+
+    def nexts(tail: str, used: frozenset[str]) -> None:
+        """After `tail` closes an option: the end, or a separator and another option."""
+        out.append(tail + seg.end)
+        if more:
+            for o in seg.options:
+                if o not in used:
+                    out.extend((tail + seg.separator + o + seg.end, tail + seg.separator + o + seg.separator))
+
+    def walk(rest: str, used: frozenset[str]) -> None:
+        for option in seg.options:
+            if option in used:
+                continue
+            if len(rest) <= len(option):
+                if option.startswith(rest):
+                    nexts(option[len(rest):], used | {option})
+                continue
+            if not rest.startswith(option):
+                continue
+            after = rest[len(option):]
+            if seg.end.startswith(after):
+                out.append(seg.end[len(after):])
+            left = [o for o in seg.options if o not in used and o != option]
+            if not left:
+                continue
+            if seg.separator.startswith(after) and (after or more):
+                # A separator begun (or, with `more`, one to begin): finish it, then an option.
+                for o in left:
+                    out.append(seg.separator[len(after):] + o + seg.end)
+                    if more:
+                        out.append(seg.separator[len(after):] + o + seg.separator)
+            elif after.startswith(seg.separator):
+                walk(after[len(seg.separator):], used | {option})
+
+    walk(text[len(seg.lead):], frozenset())
+    return [r for r in dict.fromkeys(out) if r]
 
 
 class HFReasoningProcessor:

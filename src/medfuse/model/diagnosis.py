@@ -11,11 +11,13 @@ The pipeline for a batch of cases:
 4. The language model explains that decision, from a prompt (`medfuse.model.prompt`)
    holding the modality placeholders, the numbered evidence `[E1] ...` and the decision,
    in the requested language. Its output is scaffolded and constrained
-   (`medfuse.model.constrained`): the code writes "<think>Heart failure:", the model one
-   rationale sentence citing only the evidence tied to that disease, with only the
-   evidence's numbers and ECG leads, naming no unreported disease, finished within its
-   token budget; the code writes the considered-but-absent line and
-   `<answer>...</answer>`, which therefore equals the head's set.
+   (`medfuse.model.constrained`): the code writes "<think>Heart failure: supported by",
+   the model names one or more of the evidence items the panel's rules tie to that
+   disease (whole, as the evidence list spells them; each option vetted beforehand by
+   the checker of step 5, `rationale_filter`) and picks the ids it cites among them; a
+   disease nothing listed is tied to gets a code-written sentence saying so. The code
+   writes the considered-but-absent line and `<answer>...</answer>`, which therefore
+   equals the head's set.
 5. The reasoning is checked sentence by sentence (`check_reasoning`, citations included):
    unsupported claims are removed and listed as flagged, never shown as fact; then
    against the decision (`check_consistency`). Boxes are parsed with
@@ -36,7 +38,7 @@ import functools
 import json
 import math
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -88,6 +90,7 @@ __all__ = [
     "diagnose_many",
     "format_result",
     "insufficient_diseases",
+    "rationale_filter",
     "reasoning_constraints",
 ]
 
@@ -187,9 +190,29 @@ def _non_ascii_token_ids(tokenizer: Any) -> tuple[int, ...]:
     return tuple(i for i in range(len(tokenizer)) if not tokenizer.decode([i]).isascii())
 
 
+def rationale_filter(case: PatientCase, evidence: list[Evidence], numbered: Sequence[Evidence],
+                     reported: Iterable[str], panel: Panel,
+                     findings: Iterable[str] | None = None) -> Callable[[str], bool]:
+    """The test a rationale sentence of `reasoning_plan` must pass to be offered to the
+    decoder: exactly what `diagnose` applies to the output afterwards (`check_reasoning`
+    with the numbered list, then `check_consistency`), so the constraint and the checker
+    cannot disagree on it."""
+    reported = list(reported)
+    findings = None if findings is None else list(findings)
+
+    def accept(sentence: str) -> bool:
+        check = check_reasoning(sentence, case, evidence, panel, findings=findings, cited=numbered)
+        return not check.dropped and not check_consistency(check.text, reported, panel).argued_unreported
+
+    return accept
+
+
 def reasoning_constraints(model: MedFuse, decisions: Sequence[HeadDecision], numbered: Sequence[list[Evidence]],
-                          lang: str = "en", max_new_tokens: int = 128, top_k: int = 1) -> list:
+                          lang: str = "en", max_new_tokens: int = 128, top_k: int = 1,
+                          accept: Sequence[Callable[[str], bool] | None] | None = None) -> list:
     """One `ReasoningConstraint` per case, following that case's `reasoning_plan`.
+
+    `accept[i]` vets case i's rationale sentences (`rationale_filter`); None: unvetted.
 
     `top_k`: valid candidates kept per step. Greedy decoding needs only the best valid
     one (1, the default: checking 40 candidates per row and step made constrained
@@ -211,9 +234,10 @@ def reasoning_constraints(model: MedFuse, decisions: Sequence[HeadDecision], num
     if lang == "en":
         banned += _non_ascii_token_ids(tok)
     out = []
-    for decision, items in zip(decisions, numbered, strict=True):
+    accept = list(accept) if accept is not None else [None] * len(decisions)
+    for decision, items, vet in zip(decisions, numbered, accept, strict=True):
         plan = reasoning_plan(decision, items, model.panel, lang, max_new_tokens=max_new_tokens,
-                              token_count=lambda s: len(encode(s)))
+                              token_count=lambda s: len(encode(s)), accept=vet)
         out.append(ReasoningConstraint(plan, evidence_facts(items), vocab, encode, tok.eos_token_id, banned_ids=banned,
                                        top_k=top_k))
     return out
@@ -260,8 +284,11 @@ def diagnose_many(model: MedFuse, cases: Sequence[PatientCase], lang: Literal["e
         from medfuse.model.constrained import HFReasoningProcessor
 
         sampling = bool((generate_kwargs or {}).get("do_sample"))
+        head_findings = [[label for label, _ in fused.findings[i]] if located else None for i in range(len(cases))]
+        accept = [rationale_filter(case, evidence[i], numbered[i], [k for k, _ in decisions[i].reported], panel,
+                                   head_findings[i]) for i, case in enumerate(cases)]
         constraints = reasoning_constraints(model, decisions, numbered, lang, max_new_tokens,
-                                            top_k=40 if sampling else 1)
+                                            top_k=40 if sampling else 1, accept=accept)
         # The plan may need more than `max_new_tokens` when many diseases are reported
         # (each rationale keeps a minimum budget); generation must never cut it off.
         budget = max(max_new_tokens, *(c.tokens_needed() for c in constraints))

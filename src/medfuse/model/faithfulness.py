@@ -35,7 +35,11 @@ Two checks guard `medfuse diagnose` against showing invented facts:
   With the numbered evidence list the prompt showed (`cited`), citations are checked too:
   every `[Ek]` must be an item of the list, and a sentence about a disease (a rationale
   line "Heart failure: ... [E3]", or one that names the disease) may cite only items the
-  panel's evidence rules (`knowledge/evidence_support.yaml`) tie to that disease.
+  panel's evidence rules (`knowledge/evidence_support.yaml`) tie to that disease. The
+  first sentence of a rationale line ("Heart failure: supported by ...") may likewise
+  name only tests, readings, ECG lead findings and image findings of listed items tied
+  to its disease, and no word grown out of a test's name ("Sokolowljen"). The
+  constrained decoder offers only rationales this check keeps (`rationale_filter`).
 
   `check_consistency` compares a reasoning with the disease head's decision: every
   reported disease has a rationale line that survived the check, and no sentence outside
@@ -61,13 +65,15 @@ from functools import lru_cache
 
 from medfuse.formats import parse_think
 from medfuse.knowledge.evidence_support import finding_supports, supported_diseases
-from medfuse.knowledge.labs import lab_entries
+from medfuse.knowledge.labs import lab_entries, load_lab_catalogue
 from medfuse.knowledge.panel import Panel, load_panel
 from medfuse.model.reasoning_terms import (
     ECG_LEAD_FINDING_TERMS,
     ECG_TERMS,
     FINDING_TERMS,
     KNOWN_GENES,
+    LAY_LAB_TERMS,
+    VITAL_TERMS,
     Mention,
     clause_index,
     ecg_lead_finding_terms,
@@ -682,6 +688,8 @@ def check_reasoning(text: str, case: PatientCase, evidence: list[Evidence], pane
         masked, problem = _citation_problem(sentence, case)
         if cited is not None:
             problem = problem or _evidence_id_problem(sentence, cited, about, panel)
+            if about is not None and _opens_rationale(sentence, panel):
+                problem = problem or _rationale_item_problem(masked, cited, about, panel)
         problem = problem or _sentence_problem(masked, facts, thresholds)
         if problem is None:
             kept.append(sentence)
@@ -724,6 +732,73 @@ def _evidence_id_problem(sentence: str, cited: Sequence[Evidence], about: str | 
             if about is not None and about not in evidence_supports(cited[k - 1]):
                 return (f"cites [E{k}] ({cited[k - 1].item}) for {panel.by_key(about).name}, which the panel "
                         "does not tie to it")
+    return None
+
+
+def _opens_rationale(sentence: str, panel: Panel) -> bool:
+    """The sentence is a rationale line's first sentence: 'Heart failure: ...'."""
+    m = _HEADER.match(sentence)
+    return m is not None and panel.lookup(m.group(1)) is not None
+
+
+def _evidence_things(ev: Evidence) -> set[tuple[str, str]]:
+    """What a sentence may call an evidence item by: (kind, key) as the mention finders key it."""
+    item = ev.item.lower()
+    if ev.modality == "labs":
+        return {("lab", ev.item)} | ({("lab", "troponin")} if item.startswith("troponin") else set())
+    if ev.modality == "vitals":
+        return {("vital", ev.item)}
+    if ev.modality == "cxr":
+        return {("finding", canonical_finding(str(ev.item)))}
+    if ev.modality != "ecg":
+        return set()
+    out = {("vital", "heart_rate")} if ev.item == "heart_rate" else set()
+    out |= {("ecg", key) for key, subs in ECG_TERMS.items()
+            if any(x.lower() in item for x in subs) or (key == "QTc" and "qt" in item)}
+    out |= {("lead_finding", label) for label in ECG_LEAD_FINDING_TERMS if ev.item.startswith(label + " ")}
+    return out
+
+
+@lru_cache(maxsize=1)
+def _test_names() -> tuple[frozenset[str], frozenset[str]]:
+    """(every lower-case word of the test, vital-sign, ECG and image-finding names the
+    checker knows; the one-word names of 5+ letters among them, the stems a garbled name
+    such as 'Sokolowljen' grows from)."""
+    names = [t for table in (LAY_LAB_TERMS, VITAL_TERMS, ECG_TERMS, ECG_LEAD_FINDING_TERMS, FINDING_TERMS)
+             for ts in table.values() for t in ts]
+    for entry in load_lab_catalogue():
+        names += [entry.name, *entry.synonyms, entry.key.replace("_", " ")]
+    words = {w.lower() for t in names for w in re.findall(r"[A-Za-z]+", t)}
+    stems = {t.lower() for t in names if re.fullmatch(r"[A-Za-z]{5,}", t)}
+    return frozenset(words), frozenset(stems)
+
+
+def _rationale_item_problem(sentence: str, cited: Sequence[Evidence], about: str, panel: Panel) -> str | None:
+    """A rationale for a disease names only items the panel's evidence rules tie to it
+    (the rule `supporting_ids` applies), and names them whole: a word grown out of a test's
+    name ('Sokolowljen', 'creatininemi') is not a name of anything in the case."""
+    disease = panel.by_key(about).name
+    found = ([(s, e, ("lab", k)) for s, e, k in mentions(sentence, lab_terms())]
+             + [(s, e, ("vital", k)) for s, e, k in mentions(sentence, vital_terms())]
+             + [(s, e, ("ecg", k)) for s, e, k in mentions(sentence, ecg_terms())]
+             + [(s, e, ("lead_finding", k)) for s, e, k in mentions(sentence, ecg_lead_finding_terms())]
+             + [(s, e, ("finding", k)) for s, e, k in finding_mentions(sentence)])
+    for start, end, thing in sorted(found):
+        if _negated(sentence, start, end):
+            continue
+        items = [ev for ev in cited if thing in _evidence_things(ev)]
+        if not any(about in evidence_supports(ev) for ev in items):
+            return (f"names {sentence[start:end]} for {disease}, which the evidence list does not tie to it "
+                    "by the panel's evidence rules")
+    words, stems = _test_names()
+    known = words | {w.lower() for ev in cited for w in re.findall(r"[A-Za-z]+", f"{ev.item} {ev.value}")}
+    for m in re.finditer(r"[A-Za-z]{6,}", sentence):
+        word = m.group(0).lower()
+        if word in known or word.removesuffix("s") in known or word.removesuffix("es") in known:
+            continue
+        stem = next((w for w in stems if word.startswith(w)), None)
+        if stem is not None:
+            return f"names {m.group(0)!r}, which is not an evidence item or test (a garbled {stem!r}?)"
     return None
 
 

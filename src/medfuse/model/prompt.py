@@ -5,14 +5,15 @@ numbered evidence list, the notes, the candidates, the finding head's boxes and 
 task. With a `HeadDecision` the task is to explain that decision: one rationale per
 reported disease citing evidence ids, and a line for the considered-but-absent ones;
 `reasoning_plan` is the matching scaffold for the constrained decoder
-(`medfuse.model.constrained`): the code writes "<think>Heart failure:", the model the
-rationale, and so on. The answer is the head's set, written by code.
+(`medfuse.model.constrained`): the code writes "<think>Heart failure: supported by", the
+model picks among `rationale_options` (the items tied to that disease) and the ids it
+cites, and so on. The answer is the head's set, written by code.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,7 @@ from medfuse.formats import format_box, text_language
 from medfuse.knowledge.panel import Panel
 from medfuse.model.constrained import FactVocabulary, ReasoningPlan
 from medfuse.model.faithfulness import evidence_supports
-from medfuse.model.reasoning_terms import lead_mentions
+from medfuse.model.reasoning_terms import ECG_LEAD_FINDING_TERMS, lead_mentions
 from medfuse.record.case import MODALITIES, PatientCase
 from medfuse.record.evidence import Evidence
 
@@ -30,7 +31,8 @@ MAX_CITED_IDS = 3
 """Ids a rationale's citation sentence holds at most (its decode budget is sized for them)."""
 
 __all__ = ["MAX_CITED_IDS", "PLACEHOLDERS", "HeadDecision", "build_prompt", "evidence_facts", "format_considered",
-           "head_decision", "numbered_evidence", "parse_numbered_evidence", "rationale_header", "reasoning_plan",
+           "head_decision", "numbered_evidence", "parse_numbered_evidence", "rationale_header", "rationale_options",
+           "reasoning_plan",
            "supporting_ids"]
 
 # --------------------------------------------------------------------------- pieces
@@ -85,6 +87,17 @@ _PHRASES: dict[str, dict[str, Any]] = {
     "list_sep": {"en": ", ", "zh": "、"},
     # The decoder opens the citation sentence of a rationale line; the model picks the ids.
     "cite_opener": {"en": " Evidence: [E", "zh": "证据：[E"},
+    # A rationale names the items tied to its disease: "Heart failure: supported by
+    # BNP (high), SpO2 (hypoxaemia)." / "心力衰竭：BNP（high）、SpO2（hypoxaemia）支持该诊断。"
+    "supported_by": {"en": " supported by", "zh": ""},
+    "choice_lead": {"en": " ", "zh": ""},
+    "choice_end": {"en": ".", "zh": "支持该诊断。"},
+    # A reported disease no listed item is tied to (as the training targets word it).
+    "rationale_unsupported": {"en": " no listed evidence item shows it directly.",
+                              "zh": "列出的证据未直接显示该病。"},
+    # Items are tied to it but none can be named faithfully: the ids that follow say which.
+    "rationale_cited_only": {"en": " supported by the listed evidence cited below.",
+                             "zh": "由下面引用的证据支持。"},
     "cite_close": {"en": ".", "zh": "。"},
     "located": {"en": "Image findings located by the image encoder", "zh": "影像编码器定位的影像所见"},
     "none_located": {"en": "Image findings located by the image encoder: none", "zh": "影像编码器定位的影像所见: 无"},
@@ -245,47 +258,92 @@ def _numbers_in_text(text: str) -> list[str]:
     return re.findall(r"(?<![A-Za-z0-9.])\d+(?:\.\d+)?", text)
 
 
+def rationale_options(numbered: Sequence[Evidence], disease_key: str, lang: str = "en") -> list[str]:
+    """The phrases a rationale for `disease_key` may name: one per item of the numbered
+    list that the panel's evidence rules tie to it (`supporting_ids`, the rule the checker
+    applies too), spelled as the list spells the item, with its reading and no numbers:
+    'creatinine (high)', 'blood pressure (stage 2 hypertension)', 'EGFR p.L858R
+    (pathogenic)', an image finding by its label; ECG lead findings grouped as the reader
+    reported them: 'ST depression (II, III, aVF)'."""
+    open_, close, sep = ("（", "）", "、") if lang == "zh" else (" (", ")", ", ")
+    phrases: list[str | tuple[str]] = []
+    leads: dict[str, list[str]] = {}
+    for k in supporting_ids(numbered, disease_key):
+        ev = numbered[k - 1]
+        name = ev.item.replace("_", " ")
+        reading = ev.interpretation.replace("_", " ")
+        lead = next((label for label in ECG_LEAD_FINDING_TERMS if ev.modality == "ecg"
+                     and ev.item.startswith(label + " ")), None)
+        if lead is not None:
+            if lead not in leads:
+                leads[lead] = []
+                phrases.append((lead,))
+            leads[lead].append(ev.item[len(lead) + 1:])
+            continue
+        if ev.modality == "cxr":
+            phrase = name
+        elif ev.modality == "genomics" and isinstance(ev.value, str) and ev.value:
+            phrase = f"{name} {ev.value}{open_}{reading}{close}"
+        else:
+            phrase = f"{name}{open_}{reading}{close}"
+        if phrase not in phrases:
+            phrases.append(phrase)
+    return [p if isinstance(p, str) else f"{p[0]}{open_}{sep.join(leads[p[0]])}{close}" for p in phrases]
+
+
 def reasoning_plan(decision: HeadDecision, numbered: Sequence[Evidence], panel: Panel, lang: str = "en",
                    max_new_tokens: int = 128, token_count: Any = len, min_budget: int = 12,
-                   max_budget: int = 40, cite_budget: int = 3 * MAX_CITED_IDS + 1) -> ReasoningPlan:
+                   max_budget: int = 40, cite_budget: int = 3 * MAX_CITED_IDS + 1,
+                   accept: Callable[[str], bool] | None = None) -> ReasoningPlan:
     """The scaffold of one reasoning for the constrained decoder.
 
-    Per reported disease: its header ("<think>Heart failure:") is forced, then a free slot
-    for one rationale sentence (naming no unreported disease, and no "nothing is abnormal"
-    claim when an item is); when some listed evidence is tied to the disease, the decoder
+    Per reported disease: its header ("<think>Heart failure: supported by") is forced,
+    then a choice slot in which the model names one or more of `rationale_options` (the
+    items the evidence list ties to that disease, whole, as the list spells them) and
+    the sentence ends; when some listed evidence is tied to the disease, the decoder
     opens " Evidence: [E" and the model picks the ids among those items, then "." is
-    forced. Then the code-written considered line and "</think>"; the end of sequence
-    closes it. The rationale slots share what `max_new_tokens` leaves after the forced
-    text and the citation slots (`token_count(text)` counts it), each between
-    `min_budget` and `max_budget` tokens.
+    forced. A disease nothing in the list is tied to (decided from a variant class, the
+    notes or the fused inputs) gets a code-written sentence that says so. Then the
+    code-written considered line and "</think>"; the end of sequence closes it.
+
+    `accept(sentence)` vets every sentence the plan can produce: each option is kept
+    only when the rationale naming it alone passes (the caller passes the faithfulness
+    checker, so what the decoder may write and what the checker keeps are one rule).
+    The choice slots share what `max_new_tokens` leaves after the forced text and the
+    citation slots (`token_count(text)` counts it), each between `min_budget` and
+    `max_budget` tokens.
     """
     t = _TEXT[lang]
     reported = [k for k, _ in decision.reported]
-    unreported = [d for d in panel if d.key not in reported]
-    # No unreported disease by any of its names; no disease header ("sepsis:") inside a
-    # rationale, which would start a line the scaffold did not open.
-    forbidden = [name.lower() for d in unreported for name in {d.name, d.display(lang), d.key.replace("_", " "),
-                                                                 *d.synonyms, *(x for x in (d.zh,) if x)}]
-    forbidden += [f"{name.lower()}{colon}" for d in panel for name in {d.name, d.display(lang)} for colon in (":", "：")]
-    if any(ev.abnormal for ev in numbered if ev.modality != "demographics"):
-        # "Nothing is abnormal" claims, which the checker would remove: the case has abnormal items.
-        forbidden += ["no measured item", "no item is abnormal", "all readings", "normal limits", "unremarkable",
-                      "no abnormal", "没有异常"]
     headers = [("<think>" if i == 0 else "\n") + rationale_header(k, panel, lang) for i, k in enumerate(reported)]
     cites = [supporting_ids(numbered, k) for k in reported]
+    lines = []  # per reported disease: (forced text, options or None)
+    for key, header, ids in zip(reported, headers, cites):
+        plain = header.removeprefix("<think>").lstrip("\n")
+        opener = plain + t["supported_by"]
+        options = [o for o in rationale_options(numbered, key, lang)
+                   if accept is None or accept(opener + t["choice_lead"] + o + t["choice_end"])]
+        if options:
+            lines.append((header + t["supported_by"], options))
+        else:
+            # Nothing listed is tied to it, or nothing tied to it can be named faithfully:
+            # the sentence says which, and claims nothing else.
+            lines.append((header + (t["rationale_cited_only"] if ids else t["rationale_unsupported"]), None))
     considered = format_considered(decision, panel, lang)
     if reported:
         closing = ("\n" + considered if considered else "") + "</think>"
     else:
         closing = "<think>" + considered + "</think>"
     cite_tokens = token_count(t["cite_opener"]) + cite_budget + token_count(t["cite_close"])
-    forced = (sum(token_count(h) for h in headers) + token_count(closing) + 1
+    forced = (sum(token_count(text) for text, _ in lines) + token_count(closing) + 1
               + sum(cite_tokens for ids in cites if ids))
-    per_slot = (max_new_tokens - forced) // max(1, len(reported))
+    per_slot = (max_new_tokens - forced) // max(1, sum(options is not None for _, options in lines))
     budget = max(min_budget, min(max_budget, per_slot))
     plan = ReasoningPlan()
-    for key, header, ids in zip(reported, headers, cites):
-        plan.forced(header).free(budget, cite_ids=ids, forbidden=forbidden)
+    for (text, options), ids in zip(lines, cites):
+        plan.forced(text)
+        if options is not None:
+            plan.choice(budget, options, separator=t["list_sep"], lead=t["choice_lead"], end=t["choice_end"])
         if ids:
             plan.forced(t["cite_opener"]).citation(cite_budget, ids).forced(t["cite_close"])
     plan.forced(closing)
