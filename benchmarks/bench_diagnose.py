@@ -15,7 +15,10 @@ may stop early, which would flatter it: there every case is forced to generate e
 `--max-new-tokens` tokens (`min_new_tokens`) unless `--natural` lets it stop at EOS. Goals (2 CPU cores): single
 case p50 <= 2 s, batched >= 5 cases/s.
 
-    python benchmarks/bench_diagnose.py [--model CKPT] [--n 12] [--batch-sizes 8 16] [--threads 2]
+    python benchmarks/bench_diagnose.py [--model CKPT] [--n 12] [--batch-sizes 8 16] [--threads 2] [--backend llamacpp]
+
+`--backend llamacpp` decodes with the llama.cpp backend (`MEDFUSE_DECODER`), and the
+generate stage is then split into prefill, llama_decode calls and the Python between them.
 
 Without `--model` an untrained default checkpoint is built in a temporary folder (the
 speed does not depend on the weights' values). Writes benchmarks/results/diagnose.json.
@@ -26,6 +29,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+
+# As the CLI does (`prefer_passive_openmp_wait`), before torch loads: OpenMP threads that
+# spin stall on this project's shared 2 cores, and llama.cpp shares torch's libgomp.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import platform
 import statistics
 import tempfile
@@ -46,7 +54,7 @@ def _cases(n: int, seed: int):
 
 def _pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+    return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
 
 
 def main() -> None:
@@ -58,15 +66,17 @@ def main() -> None:
     parser.add_argument("--natural", action="store_true", help="with --free: let generation stop at EOS")
     parser.add_argument("--free", action="store_true", help="unconstrained generation (earlier releases)")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (the reference machine's 2 cores)")
+    parser.add_argument("--backend", choices=("torch", "llamacpp"), default="torch", help="language model decoder")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    os.environ["MEDFUSE_DECODER"] = args.backend
 
     from transformers.utils import logging as hf_logging
 
     from medfuse.interpret.case import interpret_case
-    from medfuse.model.diagnosis import diagnose_many
     from medfuse.model import MedFuse
+    from medfuse.model.diagnosis import diagnose_many
 
     hf_logging.disable_progress_bar()
     tmp = None
@@ -81,11 +91,14 @@ def main() -> None:
     load_s = time.perf_counter() - t0
     gen = {} if args.natural or not args.free else {"min_new_tokens": args.max_new_tokens}
 
-    cases = _cases(max(args.n, max(args.batch_sizes)), seed=11)
-    # Warm-up: first calls pay for lazy imports, MiniLM and neurokit2 set-up.
-    diagnose_many(model, cases[:1], max_new_tokens=8)
+    *cases, spare = _cases(max(args.n, max(args.batch_sizes)) + 1, seed=11)
+    # Warm-up: first calls pay for lazy imports, MiniLM and neurokit2 set-up. On a case not
+    # timed after: llama.cpp's prefix cache would otherwise hold the first timed prompt.
+    diagnose_many(model, [spare], max_new_tokens=8)
 
     stages: dict[str, list[float]] = {"interpret": [], "fuse": [], "generate": [], "total": []}
+    if args.backend == "llamacpp":
+        stages |= {"prefill": [], "decode_llama": [], "decode_python": []}
     tokens: list[int] = []
     for case in cases[: args.n]:
         t = time.perf_counter()
@@ -94,7 +107,7 @@ def main() -> None:
         # Time fusion and generation inside diagnose_many by wrapping the model's methods.
         timings: dict[str, float] = {}
 
-        def timed(name, fn):
+        def timed(name, fn, timings=timings):
             def wrapper(*a, **k):
                 s = time.perf_counter()
                 out = fn(*a, **k)
@@ -114,6 +127,12 @@ def main() -> None:
         stages["fuse"].append(timings["fuse"])
         stages["generate"].append(timings["generate"])
         stages["total"].append(total)
+        decoder = model.__dict__.get("_llamacpp_decoder")
+        if args.backend == "llamacpp" and decoder is not None:
+            st = decoder.stats
+            stages["prefill"].append(st.prefill_s)
+            stages["decode_llama"].append(st.decode_llama_s)
+            stages["decode_python"].append(st.decode_s - st.decode_llama_s)
         tokens.append(d.generated_tokens or len(model.lm.tokenizer(d.raw_text, add_special_tokens=False)["input_ids"]))
 
     result: dict = {
@@ -122,6 +141,7 @@ def main() -> None:
                                                "" if args.natural else f", forced to {args.max_new_tokens} new tokens"),
         "checkpoint": "untrained default (built for the benchmark)" if tmp else str(args.model),
         "torch_threads": args.threads,
+        "backend": args.backend,
         "cpu_count": os.cpu_count(),
         "load_average_1min": round(os.getloadavg()[0], 2),
         "python": platform.python_version(),

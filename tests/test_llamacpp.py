@@ -265,3 +265,61 @@ def test_medfuse_generate_decodes_with_llamacpp_when_asked(tmp_path, monkeypatch
         assert len(model.generate(prompts, None, max_new_tokens=8)) == 2
     finally:
         decoder.close()
+
+
+def test_forced_scaffold_runs_are_fed_in_one_call_with_the_same_tokens(tiny_lora, decoder):
+    """diagnose's constraint forces "<think>Heart failure:" etc.; those runs are appended as
+    one batch (fewer llama_decode calls), and the tokens equal one-call-per-token decoding."""
+    from medfuse.model.constrained import (
+        FactVocabulary,
+        ReasoningConstraint,
+        ReasoningPlan,
+        token_texts,
+    )
+
+    tok = tiny_lora.tokenizer
+
+    def encode(text: str) -> list[int]:
+        return tok(text, add_special_tokens=False)["input_ids"]
+
+    plan = (ReasoningPlan().forced("<think>Heart failure: rests on").free(8, cite_ids=[1, 2])
+            .forced(" Not reported: sepsis.</think>").forced(""))
+
+    def constraint() -> ReasoningConstraint:
+        return ReasoningConstraint(plan, FactVocabulary(numbers=frozenset({"112"})), token_texts(tok), encode,
+                                   tok.eos_token_id, banned_ids=tiny_lora.placeholder_ids.values(), top_k=1)
+
+    prompts, fused = _prompts(tiny_lora, 2), _fused(2, seed=6)
+    rows = decoder.prompt_rows(prompts, fused)
+    budget = constraint().tokens_needed()
+    one_by_one = decoder.generate_embeds(rows, max_new_tokens=budget, eos_token_id=tok.eos_token_id,
+                                         logits_processor=[constraint(), constraint()], draft_forced=False)
+    calls_one_by_one = decoder.stats.decode_steps
+    drafted = decoder.generate_embeds(rows, max_new_tokens=budget, eos_token_id=tok.eos_token_id,
+                                      logits_processor=[constraint(), constraint()])
+    stats = decoder.stats
+    assert drafted == one_by_one
+    assert tok.decode(drafted[0]).startswith("<think>Heart failure: rests on")
+    assert drafted[0][-1] == tok.eos_token_id
+    assert stats.draft_accepted >= len(encode("<think>Heart failure: rests on")) - 1
+    assert stats.decode_steps < calls_one_by_one
+    assert stats.fed_tokens >= sum(len(ids) - 1 for ids in drafted)
+
+
+def test_a_wrong_draft_is_rolled_back_and_the_real_pick_kept(tiny_lora, decoder):
+    """A processor whose single allowed token depends on the scores in a way the probes
+    cannot see: drafts are proposed and rejected, their KV cells removed, and the tokens
+    stay those of one-call-per-token decoding (stale cells would change later logits)."""
+    even, odd = 40, 41
+
+    def parity(ids: list[int], scores: np.ndarray) -> np.ndarray:
+        out = np.full_like(scores, -np.inf)
+        out[even if int(np.argmax(scores)) % 2 == 0 else odd] = 0.0
+        return out
+
+    prompts, fused = _prompts(tiny_lora, 3), _fused(3, seed=8)
+    rows = decoder.prompt_rows(prompts, fused)
+    expected = decoder.generate_embeds(rows, max_new_tokens=20, logits_processor=parity, draft_forced=False)
+    got = decoder.generate_embeds(rows, max_new_tokens=20, logits_processor=parity)
+    assert got == expected
+    assert 0 <= decoder.stats.draft_accepted < decoder.stats.drafted

@@ -15,7 +15,10 @@ reuses the longest run of leading rows equal to the cached ones and trims the re
 converges on what is really shared and can never serve KV computed from other inputs.
 
 Cohorts decode together: up to `n_seq_max - 1` cases per `llama_decode`, each in its own
-sequence with its own positions (no padding), one token per unfinished case per step.
+sequence with its own positions (no padding), one token per unfinished case per step, plus
+the run of tokens a logits processor forces after it (diagnose's scaffold: headers, closing
+tags), which is drafted by asking the processor and re-checked against the real logits, so
+a scaffold of n tokens costs one call instead of n (`generate_embeds`, `draft_forced`).
 
     decoder = LlamaCppDecoder.for_model(model)     # MedFuse or MedfuseLM; exports the GGUF once
     texts = decoder.generate(prompts, fused.output, max_new_tokens=128)
@@ -48,7 +51,10 @@ __all__ = ["BACKENDS", "DECODER_ENV", "DecodeStats", "LlamaCppDecoder", "LogitsP
 LogitsProcessor = Callable[[list[int], np.ndarray], np.ndarray]
 """`(generated ids so far, scores (V,) float32) -> scores`: may mask or reweight the next-token
 scores of one sequence (llama-cpp-python's own processor shape, without the prompt ids:
-the prompt is embeddings, it has no ids)."""
+the prompt is embeddings, it has no ids). It may be called more than once with the same ids
+(probe scores, when forced tokens are drafted) and, before the ids are re-checked, once with
+none: its answer must follow from the ids it is given (`ReasoningConstraint` restarts on an
+empty list and re-reads the ids of the next call)."""
 
 
 def prefer_passive_openmp_wait() -> None:
@@ -80,8 +86,12 @@ class DecodeStats:
     prompt_rows: list[int] = field(default_factory=list)  # rows of each prompt
     new_tokens: list[int] = field(default_factory=list)  # tokens generated per sequence
     prefill_s: float = 0.0  # wall time evaluating prompt rows (prefix cache included)
-    decode_s: float = 0.0  # wall time of the token-by-token steps after the first token
-    decode_steps: int = 0  # llama_decode calls in those steps (one per step, all sequences together)
+    decode_s: float = 0.0  # wall time after the prefill: llama_decode calls and the Python between them
+    decode_llama_s: float = 0.0  # the part of decode_s spent inside llama_decode
+    decode_steps: int = 0  # llama_decode calls after the prefill (each feeds every unfinished sequence)
+    fed_tokens: int = 0  # token rows those calls evaluated (drafted ones included)
+    drafted: int = 0  # forced tokens appended ahead of their logits (see `generate_embeds`)
+    draft_accepted: int = 0  # drafted tokens the real logits confirmed (the rest were rolled back)
 
 
 class LlamaCppDecoder:
@@ -91,11 +101,14 @@ class LlamaCppDecoder:
     prompt texts and fused tokens; `generate_embeds` takes rows directly. `n_threads`: the
     CPU threads of llama.cpp (2: this project's machines). `n_ctx`: KV cells shared by the
     prefix and every sequence of a cohort step; `n_seq_max`: sequence 0 holds the prefix,
-    so `n_seq_max - 1` cases decode at once.
+    so `n_seq_max - 1` cases decode at once. `flash_attn`: None lets llama.cpp decide (it
+    enables flash attention on CPU); measured here it halves a cohort's prefill, where
+    the unified cache makes every row attend over all sequences' cells (masked).
     """
 
     def __init__(self, gguf_path: str | Path, lm: nn.Module | None = None, *, n_threads: int = 2,
-                 n_ctx: int = 8192, n_seq_max: int = 9, n_batch: int = 2048, verbose: bool = False):
+                 n_ctx: int = 8192, n_seq_max: int = 9, n_batch: int = 2048, flash_attn: bool | None = None,
+                 verbose: bool = False):
         prefer_passive_openmp_wait()
         import llama_cpp
 
@@ -122,6 +135,9 @@ class LlamaCppDecoder:
         cparams.n_threads = n_threads
         cparams.n_threads_batch = n_threads
         cparams.no_perf = True
+        if flash_attn is not None:
+            cparams.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn
+                                       else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
         # One KV buffer for all sequences: copying the prefix to a case only tags its cells.
         cparams.kv_unified = True
         self._ctx = llama_cpp.llama_init_from_model(self._model, cparams)
@@ -137,6 +153,8 @@ class LlamaCppDecoder:
         self._embd_batch = llama_cpp.llama_batch_init(self.n_batch, self.n_embd, 1)
         self._token_batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self._prefix = np.zeros((0, self.n_embd), dtype=np.float32)  # rows held by sequence 0
+        self._llama_s = 0.0  # wall time inside llama_decode since the decoder opened
+        self.draft_forced = True  # see `generate_embeds`; benchmarks switch it off to compare
         self.stats = DecodeStats()
 
     # ------------------------------------------------------------------ constructors
@@ -215,6 +233,7 @@ class LlamaCppDecoder:
         decode: Callable[[list[int]], str] | None = None,
         min_new_tokens: int = 0,
         use_prefix_cache: bool = True,
+        draft_forced: bool | None = None,
     ) -> list[list[int]]:
         """Greedy continuation of each prompt given as embedding rows (T_i, H).
 
@@ -225,6 +244,18 @@ class LlamaCppDecoder:
         scores to take the argmax of. `min_new_tokens` masks EOS before that many tokens
         (benchmarks force a length with it). Cohorts larger than `n_seq_max - 1` run in
         consecutive groups.
+
+        `draft_forced` (default: the decoder's attribute of that name, True): runs of tokens
+        a logits processor forces (diagnose's scaffold: "<think>", "Heart failure:", the
+        closing tags) go into ONE llama_decode call instead of one call each. After each picked token the processor is asked, with two probe
+        score vectors, which token comes next; when both probes give the same single
+        allowed token it is appended as a draft, and so on. The real logits of every drafted
+        position then re-run the ordinary greedy pick: a draft is kept only where that pick
+        equals it, otherwise its KV cells are removed and decoding goes on from the real
+        pick, so the tokens are exactly those of one-call-per-token decoding. A processor is
+        therefore called again with the same ids, with probe scores, and, before the
+        re-check, once with no ids (a stateful one such as `ReasoningConstraint` then starts
+        over and re-reads the ids of the next call).
         """
         if not rows:
             return []
@@ -238,7 +269,8 @@ class LlamaCppDecoder:
         if stop_strings and decode is None:
             raise ValueError("stop_strings need a decode function")
         settings = _Settings(max_new_tokens, eos, np.asarray(sorted(set(suppress_tokens)), dtype=np.int64),
-                             tuple(stop_strings), decode, min_new_tokens, use_prefix_cache)
+                             tuple(stop_strings), decode, min_new_tokens, use_prefix_cache,
+                             self.draft_forced if draft_forced is None else draft_forced)
         self.stats = DecodeStats()
         out: list[list[int]] = []
         for group in self._groups(rows, max_new_tokens):
@@ -267,6 +299,7 @@ class LlamaCppDecoder:
         seqs = list(range(1, len(rows) + 1))
         for s in seqs:
             llama.llama_memory_seq_rm(self._memory, s, -1, -1)
+        started = time.perf_counter()
         shared = self._use_prefix(rows) if settings.use_prefix_cache else self._drop_prefix()
         self.stats.sequences += len(rows)
         self.stats.prompt_rows.extend(r.shape[0] for r in rows)
@@ -274,7 +307,6 @@ class LlamaCppDecoder:
             if shared:
                 llama.llama_memory_seq_cp(self._memory, 0, s, 0, shared)
 
-        started = time.perf_counter()
         # Prefill: every case's own rows, packed into embedding batches; logits only at each case's end.
         items = [(s, pos, r[pos]) for s, r in zip(seqs, rows) for pos in range(shared, r.shape[0])]
         last = {s: r.shape[0] - 1 for s, r in zip(seqs, rows)}
@@ -288,29 +320,103 @@ class LlamaCppDecoder:
 
         prefilled = time.perf_counter()
         self.stats.prefill_s += prefilled - started
+        llama_before = self._llama_s
         generated: dict[int, list[int]] = {s: [] for s in seqs}
-        position = {s: r.shape[0] for s, r in zip(seqs, rows)}
-        active = list(seqs)
-        while active:
-            next_tokens: list[tuple[int, int]] = []
-            for s in active:
-                token = self._pick(scores[s], generated[s], processors[s - 1], settings)
-                generated[s].append(token)
-                if not self._finished(generated[s], settings):
-                    next_tokens.append((s, token))
-            if not next_tokens:
-                break
-            self._decode_tokens([(s, token, position[s]) for s, token in next_tokens])
+        position = {s: r.shape[0] for s, r in zip(seqs, rows)}  # where each sequence's next fed token goes
+        # Picked but not yet fed (its logits are unknown): one per unfinished sequence.
+        pending: dict[int, int] = {}
+        # The scores each pending token was picked from: the probes' ranking when drafting after it.
+        hints: dict[int, np.ndarray] = scores
+        for s in seqs:
+            token = self._pick(scores[s], generated[s], processors[s - 1], settings)
+            generated[s].append(token)
+            if not self._finished(generated[s], settings):
+                pending[s] = token
+        # Room in one token batch for every pending token and its drafts.
+        max_draft = max(0, min(_MAX_DRAFT, self.n_batch // max(1, len(seqs)) - 1)) if settings.draft_forced else 0
+        while pending:
+            drafts = {s: self._draft(generated[s], processors[s - 1], settings, max_draft, hints[s]) for s in pending}
+            batch = [(s, token, position[s] + k) for s, first in pending.items()
+                     for k, token in enumerate([first, *drafts[s]])]
+            self._decode_tokens(batch)
             self.stats.decode_steps += 1
-            scores = {s: self._logits(j) for j, (s, _) in enumerate(next_tokens)}
-            for s, _ in next_tokens:
-                position[s] += 1
-            active = [s for s, _ in next_tokens]
+            self.stats.fed_tokens += len(batch)
+            following: dict[int, int] = {}
+            hints = {}
+            index = 0  # batch position of the sequence's pending token
+            for s in pending:
+                draft, processor = drafts[s], processors[s - 1]
+                if draft:
+                    _restart(processor, self.n_vocab)  # the probes ran it ahead of the checked ids
+                kept = 0
+                while True:
+                    # The greedy pick from the real logits after the pending token and `kept` drafts.
+                    hints[s] = self._logits(index + kept)
+                    token = self._pick(hints[s], generated[s], processor, settings)
+                    generated[s].append(token)
+                    if self._finished(generated[s], settings) or kept >= len(draft) or token != draft[kept]:
+                        break
+                    kept += 1
+                self.stats.drafted += len(draft)
+                self.stats.draft_accepted += kept
+                index += 1 + len(draft)
+                if self._finished(generated[s], settings):
+                    continue
+                if kept < len(draft):
+                    # A rejected draft: its cells (and those after it) leave the cache.
+                    llama.llama_memory_seq_rm(self._memory, s, position[s] + 1 + kept, -1)
+                position[s] += 1 + kept
+                following[s] = token
+            pending = following
         self.stats.decode_s += time.perf_counter() - prefilled
+        self.stats.decode_llama_s += self._llama_s - llama_before
         for s in seqs:
             llama.llama_memory_seq_rm(self._memory, s, -1, -1)
         self.stats.new_tokens.extend(len(generated[s]) for s in seqs)
         return [generated[s] for s in seqs]
+
+    def _draft(self, generated: list[int], processor: LogitsProcessor | None, settings: _Settings,
+               limit: int, hint: np.ndarray) -> list[int]:
+        """The tokens `processor` forces after `generated`, whatever the scores (see `generate_embeds`).
+
+        Stops before a token that would end the sequence (it is picked from real logits),
+        and so that every drafted token's logits are still needed (token budget). `hint`:
+        the scores the last token was picked from, the probes' ranking.
+        """
+        if processor is None or limit <= 0:
+            return []
+        ids = list(generated)
+        draft: list[int] = []
+        limit = min(limit, settings.max_new_tokens - len(generated) - 1)
+        while len(draft) < limit:
+            token = self._forced(ids, processor, settings, hint)
+            if token is None:
+                break
+            ids.append(token)
+            if self._finished(ids, settings):
+                break
+            draft.append(token)
+        return draft
+
+    def _forced(self, ids: list[int], processor: LogitsProcessor, settings: _Settings,
+                hint: np.ndarray) -> int | None:
+        """The one token `processor` allows after `ids` for two different score vectors, else None.
+
+        The probes are `hint` (the last real scores: a realistic ranking, so a processor
+        that chooses by score finds its usual candidates) and `hint` with the first probe's
+        choice pushed to the bottom: a processor choosing by score then picks another
+        token; a forced segment does not. A wrong guess is caught by the re-check against
+        the real logits, so the probes decide only what is drafted, never what is output.
+        """
+        probe = np.array(hint, dtype=np.float32)
+        self._mask(probe, len(ids), settings)
+        allowed = np.flatnonzero(np.isfinite(processor(ids, probe.copy())))
+        if allowed.size != 1:
+            return None
+        token = int(allowed[0])
+        probe[token] = np.float32(-1e30)
+        again = np.flatnonzero(np.isfinite(processor(ids, probe)))
+        return token if again.size == 1 and int(again[0]) == token else None
 
     def _logits(self, index: int) -> np.ndarray:
         """A copy of the next-token logits (V,) of batch position `index` of the last decode."""
@@ -318,12 +424,17 @@ class LlamaCppDecoder:
         return np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).copy()
 
     @staticmethod
-    def _pick(scores: np.ndarray, generated: list[int], processor: LogitsProcessor | None,
-              settings: _Settings) -> int:
+    def _mask(scores: np.ndarray, n_generated: int, settings: _Settings) -> None:
+        """Suppressed tokens, and EOS before `min_new_tokens`, to -inf (in place)."""
         if settings.suppress.size:
             scores[settings.suppress] = -np.inf
-        if len(generated) < settings.min_new_tokens and settings.eos:
+        if n_generated < settings.min_new_tokens and settings.eos:
             scores[list(settings.eos)] = -np.inf
+
+    @classmethod
+    def _pick(cls, scores: np.ndarray, generated: list[int], processor: LogitsProcessor | None,
+              settings: _Settings) -> int:
+        cls._mask(scores, len(generated), settings)
         if processor is not None:
             scores = processor(list(generated), scores)
         return int(np.argmax(scores))
@@ -365,9 +476,14 @@ class LlamaCppDecoder:
         self._prefix = self._prefix[:0]
         return 0
 
-    def clear_prefix_cache(self) -> None:
-        """Forget the cached prefix (the next call evaluates its prompts from the start)."""
-        self._drop_prefix()
+    def clear_prefix_cache(self, keep_rows: int = 0) -> None:
+        """Forget the cached prefix but its first `keep_rows` rows (0: the next call evaluates
+        its prompts from the start)."""
+        if keep_rows <= 0:
+            self._drop_prefix()
+        elif keep_rows < self._prefix.shape[0]:
+            self._llama.llama_memory_seq_rm(self._memory, 0, keep_rows, -1)
+            self._prefix = self._prefix[:keep_rows]
 
     # ------------------------------------------------------------------ batches
 
@@ -396,7 +512,9 @@ class LlamaCppDecoder:
         self._run(batch)
 
     def _run(self, batch: Any) -> None:
+        started = time.perf_counter()
         code = self._llama.llama_decode(self._ctx, batch)
+        self._llama_s += time.perf_counter() - started
         if code != 0:
             raise RuntimeError(f"llama_decode failed (code {code}): the batch does not fit the context")
 
@@ -410,6 +528,17 @@ class _Settings:
     decode: Callable[[list[int]], str] | None
     min_new_tokens: int
     use_prefix_cache: bool
+    draft_forced: bool
+
+
+# Most tokens drafted after one picked token (diagnose's longest forced run is ~20).
+_MAX_DRAFT = 64
+
+
+def _restart(processor: LogitsProcessor | None, n_vocab: int) -> None:
+    """Call `processor` with no ids, so a stateful one re-reads the ids of its next call from the start."""
+    if processor is not None:
+        processor([], np.full(n_vocab, -np.inf, dtype=np.float32))
 
 
 def _common_rows(a: np.ndarray, b: np.ndarray, limit: int) -> int:
