@@ -189,10 +189,79 @@ def test_site_schedule_continues_across_rounds_and_keeps_its_adam_state(cohort, 
         assert trainer._optimizer.param_groups[0]["lr"] == pytest.approx(lr * trainer.lr_factors(1, r, rounds)[-1])
     steps = {int(state["step"]) for state in trainer._optimizer.state.values()}
     assert steps == {2 * rounds}, "AdamW state restarted between rounds"
+    # A fraction of an epoch per round: that share of the epoch's steps, on the same schedule.
+    quarter = site()
+    assert quarter.local_steps(0.5) == 1 and quarter.local_steps(0.25) == 1 and quarter.local_steps(1.5) == 3
+    assert quarter.train(0.5, seed=0, server_round=2, rounds=4)["steps"] == 1
+    assert quarter.lr_factors(0.5, 2, 4) == [lr_factor(1, 0, 4)]
     per_round = site(lr_schedule="local", keep_optimizer=False)
     assert per_round.lr_factors(1, 1, rounds) == per_round.lr_factors(1, rounds, rounds)
     per_round.train(1, seed=0, server_round=2, rounds=rounds)
     assert per_round._optimizer is None
+
+
+def test_normalised_averaging_takes_the_pooled_direction_for_the_rounds_total_steps():
+    from flwr.common import (
+        Code,
+        FitRes,
+        Status,
+        ndarrays_to_parameters,
+        parameters_to_ndarrays,
+    )
+
+    from medfuse.federate.run import _normalised_average
+
+    class Average:  # stands in for FedAvg: its weights are replaced, its metrics kept
+        def aggregate_fit(self, server_round, results, failures):
+            return ndarrays_to_parameters([np.zeros(2), np.zeros(1)]), {"train_loss": 0.5}
+
+    def reply(cases: int, steps: int, sent: list[list[float]], trained: str) -> tuple[None, FitRes]:
+        return None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters([np.array(a) for a in sent]), cases,
+                            {"trained": trained, "steps": steps, "loss": 0.5})
+
+    def aggregate(results) -> list[np.ndarray]:
+        strategy = Average()
+        _normalised_average(strategy, {"global": [np.zeros(2), np.zeros(1)]})
+        params, metrics = strategy.aggregate_fit(1, results, [])
+        assert metrics == {"train_loss": 0.5}
+        return parameters_to_ndarrays(params)
+
+    # Site A: 100 cases, 10 local steps of +1; site B: 300 cases, 30 steps of -0.5, and the only
+    # site to train tensor 1 (a modality A lacks: A sends it back unchanged).
+    weights = aggregate([reply(100, 10, [[10.0, 0.0], [0.0]], "10"), reply(300, 30, [[-15.0, 3.0], [6.0]], "11")])
+    # 40 steps along 0.25 * (+1) + 0.75 * (-0.5) per step = the sum of the updates, where one
+    # centralised epoch over the 400 cases goes (FedAvg's case-weighted mean: [-8.75, 2.25]).
+    np.testing.assert_allclose(weights[0], [-5.0, 3.0])
+    np.testing.assert_allclose(weights[1], [6.0])  # B's own update; A's untouched copy does not pull it back
+    # Equal sites, unequal local steps: each site's per-step direction counts by its cases,
+    # not by cases x steps (FedAvg's mean of the updates would give (40 - 10) / 2 = +15).
+    weights = aggregate([reply(100, 40, [[40.0, 0.0], [0.0]], "10"), reply(100, 10, [[-10.0, 0.0], [0.0]], "10")])
+    np.testing.assert_allclose(weights[0], [50 * (0.5 * 1 + 0.5 * -1), 0.0])
+    np.testing.assert_allclose(weights[1], [0.0])  # trained by nobody: stays at the global value
+
+
+def test_normalised_aggregation_runs_end_to_end_from_the_sites_step_counts(cohort, tmp_path):
+    run = federate(_cfg(cohort, tmp_path / "nova", rounds=2, aggregation="normalised"))
+    clients, names = run.clients, run.names
+    model = MedFuse.build(ModelConfig.from_dict({"seed": 0, **TINY}), tiny_llm=True)
+    current = get_arrays(model.fusion, names)
+    steps = np.array([c.trainer.local_steps(1.0) for c in clients], dtype=float)
+    cases = np.array([c.trainer.n_cases for c in clients], dtype=float)
+    for r in range(2):  # each round starts from the global model the previous one handed out
+        expected = []
+        for t, g in enumerate(current):
+            trained = np.array([c.trained[r][t] for c in clients])
+            if not trained.any():
+                expected.append(g)
+                continue
+            share = np.where(trained, cases, 0) / cases[trained].sum()
+            direction = sum(share[k] / steps[k] * (clients[k].sent[r][t] - g) for k in np.flatnonzero(trained))
+            expected.append(g + steps[trained].sum() * direction)
+        current = expected
+    final = get_arrays(run.model.fusion, names)
+    for name, got, want in zip(names, final, current, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=name)
+    assert run.report["config"]["aggregation"] == "normalised"
 
 
 def test_server_momentum_steps_along_the_averaged_update():

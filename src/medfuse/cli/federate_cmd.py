@@ -21,15 +21,20 @@ def federate_cmd(
     out: Path | None = typer.Option(None, "--out", "-o", help="Checkpoint folder to write (federate.json inside)."),
     sites: int | None = typer.Option(None, "--sites", min=2, help="Number of sites (default 3)."),
     rounds: int | None = typer.Option(None, "--rounds", min=1, help="Federated rounds (default 3)."),
-    local_epochs: int | None = typer.Option(None, "--local-epochs", min=1, help="Local epochs per round (default 1)."),
+    local_epochs: float | None = typer.Option(None, "--local-epochs",
+                                              help="Local epochs per round (default 1; a fraction such as 0.25 "
+                                                   "runs that share of an epoch: more, shorter rounds)."),
     strategy: str | None = typer.Option(None, "--strategy", help="fedavg (default) or fedprox."),
     mu: float | None = typer.Option(None, "--mu", help="FedProx proximal weight (default 0.01)."),
     stage: str | None = typer.Option(None, "--stage",
-                                     help="encoders (default: the whole fusion model) or fusion (layers above "
-                                          "the encoders; needs --model)."),
+                                     help="encoders (default: the whole fusion model), fusion (layers above "
+                                          "the encoders; needs --model) or sft (the LLM's LoRA adapter + projector "
+                                          "+ fusion layers on the SFT objective; needs --model)."),
     site_modalities: list[str] | None = typer.Option(None, "--site-modalities",
                                                      help="One per site, e.g. 'labs,notes' (repeat the flag)."),
     label_alpha: float | None = typer.Option(None, "--label-alpha", help="Dirichlet label-shift concentration (0.5)."),
+    aggregation: str | None = typer.Option(None, "--aggregation",
+                                           help="mean (default: FedAvg's case-weighted mean) or normalised (FedNova)."),
     server_lr: float | None = typer.Option(None, "--server-lr", help="Server learning rate on the average (1)."),
     server_momentum: float | None = typer.Option(None, "--server-momentum",
                                                  help="Server momentum (FedAvgM; default 0: none)."),
@@ -58,21 +63,31 @@ def federate_cmd(
     from medfuse.federate import FederateConfig, federate
     from medfuse.model.locate import quiet_transformers
 
+    if local_epochs is not None and local_epochs.is_integer():
+        local_epochs = int(local_epochs)  # whole epochs stay an int (the LoRA stage counts steps with it)
     flags = {"cohort": cohort, "out": out, "sites": sites, "rounds": rounds, "local_epochs": local_epochs,
              "strategy": strategy, "mu": mu, "stage": stage, "site_modalities": site_modalities or None,
-             "label_alpha": label_alpha, "server_lr": server_lr, "server_momentum": server_momentum,
+             "label_alpha": label_alpha, "aggregation": aggregation, "server_lr": server_lr,
+             "server_momentum": server_momentum,
              "dp_noise": dp_noise, "dp_clip": dp_clip, "delta": delta, "secagg": secagg,
              "model": model, "batch_size": batch_size, "lr": lr,
              "lr_schedule": lr_schedule, "keep_optimizer": keep_optimizer, "seed": seed, "split_seed": split_seed,
              "limit": limit, "threads": threads, "overwrite": overwrite, "quiet": quiet or (True if as_json else None)}
-    cfg = FederateConfig.from_yaml(config, {k: str(v) if isinstance(v, Path) else v for k, v in flags.items()})
+    from medfuse.config import read_yaml_mapping
+    from medfuse.federate.lora import FederatedSFTConfig, federate_lm, summary_lines
+
+    sft = (stage or (read_yaml_mapping(config).get("stage") if config else None)) == "sft"
+    cfg = (FederatedSFTConfig if sft else FederateConfig).from_yaml(
+        config, {k: str(v) if isinstance(v, Path) else v for k, v in flags.items()})
     # --overwrite replaces the output folder: it must not be, hold or lie inside an input.
     check_output_apart(cfg.out, [cfg.cohort, cfg.model, config])
     quiet_transformers()
     command = "medfuse " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["federate"] else None
-    report = federate(cfg, command=command).report
+    report = (federate_lm if sft else federate)(cfg, command=command).report
     if as_json:
         print(json.dumps(report, ensure_ascii=False, indent=2))
+    elif sft:
+        print("\n".join(summary_lines(report, cfg.out)))
     else:
         print_summary(report, cfg.out)
 

@@ -8,6 +8,8 @@
 - `transport`: `LocalGrid`, a Flower `Grid` running the sites in-process, byte-exact.
 - `privacy`: the site-level epsilon of central DP (Opacus RDP accountant).
 - `run`: `federate(cfg)`, the whole run: FedAvg / FedProx, DP, SecAgg+, checkpoint + report.
+- `lora`: federated SFT (`federate_lm`): each site's instruction samples from its own cases;
+  the LoRA adapter, the LLM projector and the fusion layers above the encoders travel.
 - `compare`: centralised vs federated vs local-only on held-out cases (the benchmark).
 """
 

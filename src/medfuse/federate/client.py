@@ -35,7 +35,8 @@ class SiteClient(NumPyClient):
     def fit(self, parameters, config):
         self.trainer.set_arrays(parameters)
         server_round = int(config.get("server_round", 0))
-        result = self.trainer.train(int(config.get("local_epochs", 1)),
+        epochs = float(config.get("local_epochs", 1))
+        result = self.trainer.train(int(epochs) if epochs.is_integer() else epochs,  # a fraction: part of an epoch
                                     seed=self.seed + 1000 * server_round + self.site_index,
                                     mu=float(config.get("proximal_mu", 0.0)), server_round=max(1, server_round),
                                     rounds=max(1, int(config.get("rounds", 1))))
@@ -46,7 +47,9 @@ class SiteClient(NumPyClient):
         # Which tensors the site's data trained ("1") or left at the global value ("0"):
         # the server averages each tensor over the sites that trained it.
         trained = "".join("1" if t else "0" for t in result["trained"])
-        return arrays, weight, {"loss": result["loss"], "cases": self.trainer.n_cases, "trained": trained}
+        # Its local step count: normalised averaging (FedNova) divides the update by it.
+        return arrays, weight, {"loss": result["loss"], "cases": self.trainer.n_cases, "trained": trained,
+                                "steps": int(result["steps"])}
 
 
 def site_client_app(client: SiteClient, *, clip: bool, secagg: bool) -> ClientApp:

@@ -20,6 +20,7 @@ STRATEGIES = ("fedavg", "fedprox")
 # pretrained checkpoint whose encoders stay frozen and never leave the server.
 STAGES = ("encoders", "fusion")
 LR_SCHEDULES = ("global", "local")
+AGGREGATIONS = ("mean", "normalised")
 
 
 @dataclass
@@ -30,7 +31,9 @@ class FederateConfig(YamlConfig):
     out: str = option("", "Checkpoint folder to write (the report is federate.json inside it).")
     sites: int = option(3, "Number of sites (hospitals) the training patients are divided into.")
     rounds: int = option(3, "Federated rounds (each: every site trains locally, the server aggregates).")
-    local_epochs: int = option(1, "Local epochs per site per round.")
+    local_epochs: int | float = option(1,
+        "Local epochs per site per round; a fraction (0.25) runs that share of an epoch's steps, so more rounds "
+        "of shorter local work keep the same total epochs (rounds x local_epochs).")
     strategy: str = option("fedavg", "Aggregation: fedavg or fedprox.")
     mu: float = option(0.01, "FedProx proximal weight: mu/2 * ||w - w_global||^2 is added to the local loss.")
     stage: str = option("encoders",
@@ -40,6 +43,10 @@ class FederateConfig(YamlConfig):
              "Default: site 1 has no CXR, site 2 no ECG, site 3 notes + labs only, any further site everything.")
     label_alpha: float = option(0.5,
         "Dirichlet concentration of each site's disease mix (label shift); small = strong shift, large = even.")
+    aggregation: str = option("mean",
+        "How the server combines the sites' updates (without DP / SecAgg+; per tensor, over the sites that "
+        "trained it): mean (FedAvg's case-weighted mean) or normalised (FedNova: each update divided by its "
+        "local steps, case-weighted, taken for the round's total steps).")
     server_lr: float = option(1.0,
         "Server learning rate on the averaged update (FedAvgM); 1 with no momentum is plain FedAvg/FedProx.")
     server_momentum: float = option(0.0, "Server momentum on the averaged update (FedAvgM; 0: none).")
@@ -77,12 +84,18 @@ class FederateConfig(YamlConfig):
             raise ConfigError("cohort: required (a cohort folder)")
         if not self.out:
             raise ConfigError("out: required (the checkpoint folder to write)")
-        self.require_ints("rounds", "local_epochs", "batch_size")
+        self.require_ints("rounds", "batch_size")
+        if not self.local_epochs > 0:
+            raise ConfigError(f"local_epochs: must be a number > 0, got {self.local_epochs!r}")
+        if float(self.local_epochs).is_integer():  # whole epochs stay an int (step counts are ints)
+            self.local_epochs = int(self.local_epochs)
         self.require_ints("sites", minimum=2)
         self.require_ints("limit", "threads", nullable=True)
         self.require_ints("seed", "split_seed", "warmup_steps", minimum=0)
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"strategy: must be fedavg or fedprox, got {self.strategy!r}")
+        if self.aggregation not in AGGREGATIONS:
+            raise ConfigError(f"aggregation: must be mean or normalised, got {self.aggregation!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"lr_schedule: must be global or local, got {self.lr_schedule!r}")
         if self.stage not in STAGES:

@@ -13,6 +13,7 @@ one site's cases), so the comparison isolates the federation.
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,24 @@ def set_arrays(module: nn.Module, names: list[str], arrays: list[np.ndarray], pr
         p.copy_(torch.as_tensor(np.asarray(a), dtype=p.dtype).reshape(p.shape))
 
 
+def mark_trained_and_add_proximal(travelling: list[nn.Parameter], anchor: list[torch.Tensor], trained: list[bool],
+                                  terms: dict[str, torch.Tensor], mu: float) -> None:
+    """After `backward`: mark which travelling tensors this step reached (a tensor no step
+    reached is not averaged in), and with `mu` > 0 add FedProx's proximal term
+    mu/2 ||w - w_global||^2 to the gradients of the reached tensors and to `terms["loss"]`."""
+    reached = [p.grad is not None and bool(p.grad.any()) for p in travelling]
+    trained[:] = [a or b for a, b in zip(trained, reached, strict=True)]
+    if mu <= 0:
+        return
+    with torch.no_grad():
+        gaps = [(p - a) if r else None for p, a, r in zip(travelling, anchor, reached, strict=True)]
+        for p, gap in zip(travelling, gaps, strict=True):
+            if gap is not None:
+                p.grad.add_(gap, alpha=mu)
+        terms["proximal"] = sum((g ** 2).sum() for g in gaps if g is not None) * (mu / 2)
+        terms["loss"] = terms["loss"] + terms["proximal"]
+
+
 class SiteTrainer:
     """A site's fusion model copy and featurized cases; `train` runs local epochs from given weights.
 
@@ -125,16 +144,25 @@ class SiteTrainer:
     def set_arrays(self, arrays: list[np.ndarray]) -> None:
         set_arrays(self.fusion, self.names, arrays)
 
-    def lr_factors(self, epochs: int, server_round: int, rounds: int) -> list[float]:
+    def local_steps(self, epochs: float) -> int:
+        """Optimiser steps of `epochs` local epochs (a fraction of an epoch: that share of one
+        epoch's batches, at least one step)."""
+        return max(1, math.ceil(epochs * -(-self.n_cases // self.settings["batch_size"]) - 1e-9))
+
+    def lr_factors(self, epochs: float, server_round: int, rounds: int) -> list[float]:
         """The LR factor of each local step of round `server_round` (1-based) of `rounds`,
         `epochs` local epochs each (with "local": the same schedule every round)."""
-        per_round = -(-self.n_cases // self.settings["batch_size"]) * epochs
+        per_round = self.local_steps(epochs)
         offset, total = ((server_round - 1) * per_round, rounds * per_round) if self.lr_schedule == "global" \
             else (0, per_round)
         return [lr_factor(offset + s, self.settings["warmup_steps"], total) for s in range(per_round)]
 
-    def train(self, epochs: int, seed: int, mu: float = 0.0, server_round: int = 1, rounds: int = 1) -> dict[str, Any]:
+    def train(self, epochs: float, seed: int, mu: float = 0.0, server_round: int = 1, rounds: int = 1
+              ) -> dict[str, Any]:
         """`epochs` local epochs through `run_loop`, from the weights set on entry (the global model).
+
+        A fractional `epochs` (e.g. 0.25: more rounds of less local work for the same total
+        epochs) runs `local_steps(epochs)` steps on a fresh shuffle of the site's cases.
 
         The learning rate follows `lr_factors` (one round of one: the loop's own schedule);
         with `keep_optimizer` the site's AdamW state continues from its previous round.
@@ -149,7 +177,8 @@ class SiteTrainer:
         """
         self._runs += 1
         out = self.workdir / f"run{self._runs}"
-        cfg = EncodersConfig.from_dict({**self.settings, "out": str(out), "epochs": epochs, "seed": seed})
+        cfg = EncodersConfig.from_dict({**self.settings, "out": str(out), "epochs": math.ceil(epochs - 1e-9),
+                                        "max_steps": self.local_steps(epochs), "seed": seed})
         seed_everything(seed)
         fusion_names = {n.removeprefix("fusion.") for n in self.names}
         travelling = [p for n, p in self.fusion.named_parameters() if n in fusion_names]
@@ -165,16 +194,7 @@ class SiteTrainer:
             batch = {k: v.to(accelerator.device) for k, v in self.data.batch(shard(idx, accelerator)).items()}
             terms = objective(batch)
             accelerator.backward(terms["loss"])
-            reached = [p.grad is not None and bool(p.grad.any()) for p in travelling]
-            trained[:] = [a or b for a, b in zip(trained, reached, strict=True)]
-            if mu > 0:
-                with torch.no_grad():
-                    gaps = [(p - a) if r else None for p, a, r in zip(travelling, anchor, reached, strict=True)]
-                    for p, gap in zip(travelling, gaps, strict=True):
-                        if gap is not None:
-                            p.grad.add_(gap, alpha=mu)
-                    terms["proximal"] = sum((g ** 2).sum() for g in gaps if g is not None) * (mu / 2)
-                    terms["loss"] = terms["loss"] + terms["proximal"]
+            mark_trained_and_add_proximal(travelling, anchor, trained, terms, mu)
             losses.append(float(terms["loss"].detach()))
             return loss_report(terms, samples=len(idx))
 

@@ -11,8 +11,11 @@
    whose fit step is `SecAggPlusWorkflow` with `secagg`; the sites are `ClientApp`s
    reached through `LocalGrid` (protobuf on the wire, bytes counted). Only the travelling
    weights (`travelling_names`) are ever sent. Without DP and SecAgg+ each tensor is
-   averaged over the sites that trained it (`_average_over_trainers`: modality shift);
-   `server_lr` / `server_momentum` put a FedAvgM server optimiser on that average.
+   combined over the sites that trained it (modality shift): their case-weighted mean
+   (`aggregation: mean`, `_average_over_trainers`) or FedNova's normalised average
+   (`aggregation: normalised`, `_normalised_average`); `server_lr` / `server_momentum`
+   put a FedAvgM server optimiser on the result. A round's local work may be a fraction
+   of an epoch (`local_epochs` < 1: more, shorter rounds for the same total epochs).
    Each site's learning rate follows one warm-up + cosine schedule across all rounds
    (`lr_schedule: global`, see `SiteTrainer`).
 4. After each round the global model is calibrated and scored on the validation split;
@@ -174,14 +177,19 @@ def _strategy(cfg: FederateConfig, initial: list[np.ndarray], evaluate_fn):
               "initial_parameters": ndarrays_to_parameters(initial), "evaluate_fn": evaluate_fn,
               "on_fit_config_fn": fit_config, "fit_metrics_aggregation_fn": mean_loss}
     strategy = FedProx(proximal_mu=cfg.mu, **common) if cfg.strategy == "fedprox" else FedAvg(**common)
+    current = {"global": [a.astype(np.float64) for a in initial]}  # the global model, as the last round left it
     if cfg.dp_clip <= 0 and not cfg.secagg:
-        _average_over_trainers(strategy)
+        if cfg.aggregation == "normalised":
+            _normalised_average(strategy, current)
+        else:
+            _average_over_trainers(strategy)
     if cfg.dp_clip > 0:
         strategy = DifferentialPrivacyClientSideFixedClipping(
             strategy, noise_multiplier=cfg.dp_noise, clipping_norm=cfg.dp_clip, num_sampled_clients=cfg.sites)
     if cfg.server_lr != 1.0 or cfg.server_momentum > 0:
         _server_momentum(strategy, initial, cfg.server_lr, cfg.server_momentum)
     _float32_aggregate(strategy)
+    _track_global(strategy, current)
     return strategy
 
 
@@ -214,6 +222,70 @@ def _average_over_trainers(strategy) -> None:
             else:
                 merged.append(np.tensordot(weights / weights.sum(), np.stack([u[t] for u in updates]), axes=1))
         return ndarrays_to_parameters([m.astype(np.float32) for m in merged]), metrics
+
+    strategy.aggregate_fit = aggregate_fit
+
+
+def _normalised_average(strategy, current: dict[str, list[np.ndarray]]) -> None:
+    """FedNova's normalised averaging (Wang et al., NeurIPS 2020), per tensor over the sites that trained it.
+
+    Sites run their local epochs, so a site with n_k cases takes tau_k ~ n_k / batch steps
+    and FedAvg's case-weighted mean of the updates weights each site's direction by about
+    n_k * tau_k ~ n_k^2: the largest site's disease mix dominates the global model
+    (FedNova's "objective inconsistency"), and the mean of updates the size of tau_k steps
+    moves the model by about sum_k p_k tau_k steps a round, less than the sum_k tau_k steps
+    one centralised epoch over the same cases takes. Here each site's update is divided by
+    its step count, the normalised updates are averaged with the case weights p_k, and the
+    average is taken tau_eff = sum_k tau_k steps: the per-step direction is the pooled
+    gradient's and a round moves as far as one centralised epoch. Per tensor, only the sites
+    whose data trained it count (a site without radiographs neither pulls the image encoder
+    back nor adds steps to it). A tensor no site trained keeps the global value.
+    """
+    from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
+
+    aggregate = strategy.aggregate_fit
+
+    def aggregate_fit(server_round, results, failures):
+        params, metrics = aggregate(server_round, results, failures)  # Flower's bookkeeping (fit metrics)
+        if params is None or not results:
+            return params, metrics
+        missing = [k for k in ("trained", "steps") if any(k not in res.metrics for _, res in results)]
+        if missing:
+            raise ValueError(f"normalised averaging needs every site's {' and '.join(missing)} (fit metrics)")
+        global_ = current["global"]
+        updates = [[w.astype(np.float64) - g
+                    for w, g in zip(parameters_to_ndarrays(res.parameters), global_, strict=True)]
+                   for _, res in results]
+        masks = [[c == "1" for c in str(res.metrics["trained"])] for _, res in results]
+        cases = np.array([res.num_examples for _, res in results], dtype=np.float64)
+        steps = np.array([max(1, int(res.metrics["steps"])) for _, res in results], dtype=np.float64)
+        merged = []
+        for t, g in enumerate(global_):
+            trained = np.array([mask[t] for mask in masks])
+            if not trained.any():
+                merged.append(g)
+                continue
+            share = np.where(trained, cases, 0.0) / cases[trained].sum()  # p_k over the sites that trained it
+            tau_eff = steps[trained].sum()
+            direction = sum(share[k] / steps[k] * updates[k][t] for k in np.flatnonzero(trained))
+            merged.append(g + tau_eff * direction)
+        return ndarrays_to_parameters([m.astype(np.float32) for m in merged]), metrics
+
+    strategy.aggregate_fit = aggregate_fit
+
+
+def _track_global(strategy, current: dict[str, list[np.ndarray]]) -> None:
+    """Keep `current["global"]` at the model each round's aggregation hands out (the outermost
+    wrapper: what the sites receive next), for the wrappers that need the global weights."""
+    from flwr.common import parameters_to_ndarrays
+
+    aggregate = strategy.aggregate_fit
+
+    def aggregate_fit(server_round, results, failures):
+        params, metrics = aggregate(server_round, results, failures)
+        if params is not None:
+            current["global"] = [a.astype(np.float64) for a in parameters_to_ndarrays(params)]
+        return params, metrics
 
     strategy.aggregate_fit = aggregate_fit
 
@@ -272,13 +344,9 @@ def _workflow(cfg: FederateConfig, total_weight: int):
                                                            max_weight=float(max(1, total_weight))))
 
 
-def federate(cfg: FederateConfig, command: str | None = None, keep_uplink: bool = False,
-             splits: CohortSplits | None = None) -> FederatedRun:
-    """Run the federation `cfg` describes and write its checkpoint + report (see the module doc)."""
-    from flwr.app import Context, RecordDict
-    from flwr.server import ServerConfig
-    from flwr.server.compat.legacy_context import LegacyContext
-
+def start_run(cfg: FederateConfig) -> Path:
+    """What every federated run does first: check the output folder (apart from the inputs,
+    empty unless `overwrite`), set threads and seeds, quieten Flower; returns the output path."""
     from medfuse.record.store import check_output_apart
 
     out = Path(cfg.out)
@@ -289,6 +357,17 @@ def federate(cfg: FederateConfig, command: str | None = None, keep_uplink: bool 
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     _quiet_flower()
+    return out
+
+
+def federate(cfg: FederateConfig, command: str | None = None, keep_uplink: bool = False,
+             splits: CohortSplits | None = None) -> FederatedRun:
+    """Run the federation `cfg` describes and write its checkpoint + report (see the module doc)."""
+    from flwr.app import Context, RecordDict
+    from flwr.server import ServerConfig
+    from flwr.server.compat.legacy_context import LegacyContext
+
+    out = start_run(cfg)
     started = time.perf_counter()
     splits = splits or load_splits(cfg)
     sites = splits.sites
