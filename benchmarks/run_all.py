@@ -57,11 +57,13 @@ BENCHES = (
           "review service loopback load: requests/s and p95 (1, 4, 8 clients)"),
     Bench("fusion_strategies", "bench_fusion_strategies.py", (),
           "the fusion strategies trained through the encoder stage (needs cohorts; built here)", full_only=True),
-    Bench("federate", "bench_federate.py", (),
+    Bench("federate", "bench_federate.py", ("--rounds", "32", "--local-epochs", "0.25"),
           "centralised vs federated (FedAvg, FedProx, DP+SecAgg+) vs local-only, synthetic cohort", full_only=True),
+    Bench("federate_lora", "bench_federate_lora.py", (),
+          "federated vs centralised SFT of the shipped LM's LoRA, same step budget", full_only=True),
     Bench("real_ecg", "bench_real_ecg.py", ("--root", str(REAL)),
           "AF F1 on real CinC-2017 / CPSC-2018 recordings ($MEDFUSE_REAL_DATA)", full_only=True),
-    Bench("real_targets", "bench_real_targets.py", ("--root", str(REAL)),
+    Bench("real_targets", "bench_real_targets.py", ("--root", str(REAL), "--mixed"),
           "shipped checkpoint on real data: CXR pneumonia AUROC, MIMIC-IV labs macro AUROC", full_only=True),
 )
 

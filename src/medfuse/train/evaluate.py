@@ -86,6 +86,16 @@ def _labels(model, cases: list[PatientCase]) -> np.ndarray:
     return np.stack(rows).astype(int)
 
 
+def head_decisions(model, cases: list[PatientCase], batch_size: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(labels, decisions, probabilities), each (n cases, panel diseases), of the disease head on
+    labelled `cases`, decided as `evaluate_checkpoint` decides: for paired comparisons of
+    two models on the same cases."""
+    model.eval()
+    with torch.no_grad():
+        probs, pred, _ = _head_predictions(model, cases, batch_size)
+    return _labels(model, cases), pred, probs
+
+
 def evaluate_checkpoint(model, cohort: str | Path, lm_samples: int = 0, batch_size: int = 32,
                         limit: int | None = None, single_modality: bool = True) -> dict[str, Any]:
     """Run the evaluation above; returns the `evaluation` mapping of the model card."""
